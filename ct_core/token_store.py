@@ -1,0 +1,145 @@
+"""Prepared token shards on disk: one memmap per split plus a document index.
+
+Layout of a store directory::
+
+    manifest.json        what was prepared from what (front end decides)
+    <split>.bin          all documents of the split, concatenated, raw dtype
+    <split>.idx.npy      int64 offsets [n_documents + 1] into <split>.bin
+
+A store is written into a temporary sibling directory and renamed into place
+only when complete, so an interrupted preparation never leaves a store that
+looks finished; a later run simply prepares again.
+
+Example::
+
+    with TokenStoreWriter(path, dtype=np.uint8) as w:
+        w.add("train", np.array([1, 2, 3], dtype=np.uint8))
+        w.finish({"source": "demo"})
+    store = TokenStore(path)
+    store.documents("train")[0]    # memmap view: [1, 2, 3]
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+
+from ct_core.errors import DataError
+
+MANIFEST = "manifest.json"
+
+
+def default_cache_dir() -> Path:
+    """Where prepared data goes unless a recipe sets ``data.cache_dir``."""
+    return Path(os.environ.get("CT_CACHE_DIR", Path.home() / ".cache" / "compressive-transformer"))
+
+
+def content_hash(obj: Any) -> str:
+    """A short stable hash of JSON-able ``obj`` (settings + source listing)."""
+    blob = json.dumps(obj, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    """The smallest unsigned dtype that holds ids ``< vocab_size``."""
+    if vocab_size <= 256:
+        return np.dtype(np.uint8)
+    if vocab_size <= 65536:
+        return np.dtype(np.uint16)
+    return np.dtype(np.int32)
+
+
+class TokenStoreWriter:
+    """Append documents split by split, then :meth:`finish` atomically."""
+
+    def __init__(self, path: Path, dtype: np.dtype | type) -> None:
+        self.path = Path(path)
+        self.dtype = np.dtype(dtype)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", dir=self.path.parent))
+        self._files: dict[str, Any] = {}
+        self._offsets: dict[str, list[int]] = {}
+
+    def add(self, split: str, tokens: np.ndarray) -> None:
+        """Append one document ``[L]`` to ``split``."""
+        if split not in self._files:
+            self._files[split] = open(self._tmp / f"{split}.bin", "wb")
+            self._offsets[split] = [0]
+        arr = np.ascontiguousarray(tokens, dtype=self.dtype)
+        self._files[split].write(arr.tobytes())
+        self._offsets[split].append(self._offsets[split][-1] + arr.size)
+
+    def add_all(self, split: str, documents: Iterable[np.ndarray]) -> None:
+        for doc in documents:
+            self.add(split, doc)
+
+    def finish(self, manifest: Mapping[str, Any], splits: Iterable[str] = ()) -> Path:
+        """Write the index and manifest, then move the store into place.
+        ``splits`` names splits that must exist even when empty."""
+        for split in splits:
+            if split not in self._files:
+                self._files[split] = open(self._tmp / f"{split}.bin", "wb")
+                self._offsets[split] = [0]
+        for split, f in self._files.items():
+            f.close()
+            np.save(self._tmp / f"{split}.idx.npy", np.asarray(self._offsets[split], dtype=np.int64))
+        full = dict(manifest)
+        full["dtype"] = self.dtype.name
+        full["splits"] = {s: {"documents": len(o) - 1, "tokens": o[-1]} for s, o in self._offsets.items()}
+        (self._tmp / MANIFEST).write_text(json.dumps(full, indent=2, default=str))
+        if self.path.exists():
+            shutil.rmtree(self.path)
+        os.replace(self._tmp, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        for f in self._files.values():
+            f.close()
+        shutil.rmtree(self._tmp, ignore_errors=True)
+
+    def __enter__(self) -> "TokenStoreWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self._tmp.exists():
+            self.abort()
+
+
+class TokenStore:
+    """Read-only view of a finished store."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        manifest = self.path / MANIFEST
+        if not manifest.is_file():
+            raise DataError(f"{self.path}: no prepared data here (missing {MANIFEST}); run ct-prepare")
+        self.manifest: dict[str, Any] = json.loads(manifest.read_text())
+        self.dtype = np.dtype(self.manifest["dtype"])
+
+    @staticmethod
+    def exists(path: Path) -> bool:
+        return (Path(path) / MANIFEST).is_file()
+
+    def splits(self) -> list[str]:
+        return sorted(self.manifest.get("splits", {}))
+
+    def offsets(self, split: str) -> np.ndarray:
+        idx = self.path / f"{split}.idx.npy"
+        if not idx.is_file():
+            raise DataError(f"{self.path}: split {split!r} was not prepared; have {self.splits()}")
+        return np.load(idx)
+
+    def documents(self, split: str) -> list[np.ndarray]:
+        """Documents of ``split`` as read-only memmap views ``[L_i]``."""
+        offsets = self.offsets(split)
+        if offsets[-1] == 0:
+            return [np.zeros(0, dtype=self.dtype) for _ in range(len(offsets) - 1)]
+        data = np.memmap(self.path / f"{split}.bin", dtype=self.dtype, mode="r")
+        return [data[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
