@@ -1,0 +1,134 @@
+"""Multi-head attention with Transformer-XL relative positions.
+
+Scores of query ``i`` against key ``j`` (Dai et al., 2019, with the two global
+biases u and v)::
+
+    (q_i + u) . k_j   +   (q_i + v) . W_r R_{dist(i, j)}
+      content (AC)          position (BD)
+
+The content term runs through ``scaled_dot_product_attention``; the position
+term, the causal mask and the memory validity mask enter it as one additive
+bias, so the fused kernels do the heavy lifting.
+
+The same :meth:`RelativeMultiHeadAttention.forward` serves a whole training
+segment (``q_start = 0``) and cached incremental decoding (``q_start`` =
+tokens of the segment already in the cache): the queries are always the last
+``T`` of the ``K`` keys, which is what makes sampling equal training.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ct_core.relative_position import rel_shift
+
+
+class RelativeMultiHeadAttention(nn.Module):
+    """Attention of ``T`` queries over ``K`` keys ``[cmem; mem; segment]``."""
+
+    def __init__(self, d_model: int, n_heads: int, attn_dropout: float = 0.0) -> None:
+        super().__init__()
+        self.n_heads = n_heads
+        self.head_dim = d_model // n_heads
+        self.scale = 1.0 / math.sqrt(self.head_dim)
+        self.attn_dropout = attn_dropout
+        self.w_q = nn.Linear(d_model, d_model, bias=False)
+        self.w_kv = nn.Linear(d_model, 2 * d_model, bias=False)
+        self.w_r = nn.Linear(d_model, d_model, bias=False)
+        self.w_o = nn.Linear(d_model, d_model, bias=False)
+        self.u = nn.Parameter(torch.zeros(n_heads, self.head_dim))  # content bias
+        self.v = nn.Parameter(torch.zeros(n_heads, self.head_dim))  # position bias
+
+    def _heads(self, x: Tensor) -> Tensor:
+        """``[B, S, D]`` -> ``[B, H, S, d]``."""
+        b, s, _ = x.shape
+        return x.view(b, s, self.n_heads, self.head_dim).transpose(1, 2)
+
+    def project_kv(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Keys and values ``[B, H, S, d]`` of (already normalised) ``x`` ``[B, S, D]``."""
+        k, v = self.w_kv(x).chunk(2, dim=-1)
+        return self._heads(k), self._heads(v)
+
+    def project_positions(self, r: Tensor) -> Tensor:
+        """``W_r R``: ``[K, D]`` encodings -> ``[K, H, d]``."""
+        return self.w_r(r).view(r.shape[0], self.n_heads, self.head_dim)
+
+    def forward(
+        self,
+        x: Tensor,
+        k: Tensor,
+        v: Tensor,
+        key_valid: Tensor,
+        r: Tensor,
+        want_usage: bool = False,
+    ) -> tuple[Tensor, Tensor | None]:
+        """Attend the last ``T`` key positions' queries over all ``K`` keys.
+
+        x: ``[B, T, D]`` normalised query inputs; k, v: ``[B, H, K, d]`` with
+        the queries' own keys last; key_valid: ``[B, K]`` bool (empty memory
+        slots are False); r: ``[K, H, d]`` projected encodings of distances
+        ``K-1 .. 0``. Returns the output ``[B, T, D]`` and, if
+        ``want_usage``, the attention mass per key summed over heads and
+        queries ``[B, K]`` (for ``most_used`` compression).
+        """
+        b, t, _ = x.shape
+        n_keys = k.shape[2]
+        q = self._heads(self.w_q(x))  # [B, H, T, d]
+        bd = torch.einsum("bhtd,khd->bhtk", q + self.v[:, None, :], r)  # [B, H, T, K]
+        bd = rel_shift(bd)
+        # Query i sits at key index K - T + i; later keys are its future.
+        causal = torch.arange(n_keys, device=x.device)[None, :] <= (
+            torch.arange(t, device=x.device)[:, None] + (n_keys - t)
+        )  # [T, K]
+        allowed = causal[None, :, :] & key_valid[:, None, :]  # [B, T, K]
+        mask_bias = torch.zeros(allowed.shape, dtype=bd.dtype, device=x.device)
+        mask_bias = mask_bias.masked_fill(~allowed, float("-inf"))  # [B, T, K]
+        bias = bd * self.scale + mask_bias[:, None, :, :]  # [B, H, T, K]
+        qu = q + self.u[:, None, :]
+        usage = None
+        if want_usage:
+            scores = torch.matmul(qu, k.transpose(-1, -2)) * self.scale + bias  # [B, H, T, K]
+            probs = scores.float().softmax(dim=-1).to(v.dtype)
+            usage = probs.float().sum(dim=(1, 2))  # [B, K]
+            if self.training and self.attn_dropout > 0:
+                probs = F.dropout(probs, self.attn_dropout)
+            out = torch.matmul(probs, v)
+        else:
+            out = F.scaled_dot_product_attention(
+                qu,
+                k,
+                v,
+                attn_mask=bias.to(qu.dtype),
+                dropout_p=self.attn_dropout if self.training else 0.0,
+            )  # [B, H, T, d]
+        out = out.transpose(1, 2).reshape(b, t, -1)
+        return self.w_o(out), usage
+
+    def content_attention(self, x: Tensor, kv: Tensor, kv_valid: Tensor, frozen: bool) -> Tensor:
+        """Position-free attention of ``x`` ``[B, T, D]`` over ``kv`` ``[B, S, D]``.
+
+        Both inputs are already normalised. With ``frozen`` every projection
+        is used through a detached copy of its weight, so a loss on the
+        output trains nothing of this layer (the paper's stop-gradient on the
+        attention weights in Algorithm 2). kv_valid: ``[B, S]`` bool; rows
+        with no valid slot produce zeros.
+        """
+
+        def w(p: Tensor) -> Tensor:
+            return p.detach() if frozen else p
+
+        q = self._heads(F.linear(x, w(self.w_q.weight)))
+        k, v = F.linear(kv, w(self.w_kv.weight)).chunk(2, dim=-1)
+        k, v = self._heads(k), self._heads(v)
+        row_has_keys = kv_valid.any(dim=-1)  # [B]
+        # A row with no valid key would softmax over nothing; let it see all
+        # keys and zero its output afterwards instead of producing NaNs.
+        mask = (kv_valid | ~row_has_keys[:, None])[:, None, None, :]  # [B, 1, 1, S]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        out = out.transpose(1, 2).reshape(x.shape[0], x.shape[1], -1)
+        out = F.linear(out, w(self.w_o.weight))
+        return out * row_has_keys[:, None, None].to(out.dtype)

@@ -1,0 +1,79 @@
+"""One Compressive Transformer layer: relative attention over
+``[cmem; mem; segment]`` and a position-wise feed-forward network.
+
+Pre-LN by default (the official code's default); post-LN by option. The
+layer's memory slots are normalised with the same norm as its input, since
+they *are* earlier inputs of this layer.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ct_core.attention import RelativeMultiHeadAttention
+from ct_core.config import ModelConfig
+
+
+class FeedForward(nn.Module):
+    def __init__(self, d_model: int, d_ff: int, dropout: float) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(d_model, d_ff)
+        self.fc2 = nn.Linear(d_ff, d_model)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(self.drop(torch.relu(self.fc1(x))))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.pre_norm = cfg.norm == "pre"
+        self.norm_attn = nn.LayerNorm(cfg.d_model)
+        self.attn = RelativeMultiHeadAttention(cfg.d_model, cfg.n_heads, cfg.attn_dropout)
+        self.norm_ff = nn.LayerNorm(cfg.d_model)
+        self.ff = FeedForward(cfg.d_model, cfg.d_ff, cfg.dropout)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def attention_input(self, x: Tensor) -> Tensor:
+        """What attention projects: the normed input (pre-LN) or the input."""
+        return self.norm_attn(x) if self.pre_norm else x
+
+    @property
+    def attention_norm(self) -> nn.LayerNorm | None:
+        return self.norm_attn if self.pre_norm else None
+
+    def memory_kv(self, slots: Tensor) -> tuple[Tensor, Tensor]:
+        """Keys and values ``[B, H, S, d]`` of memory slots ``[B, S, D]``."""
+        return self.attn.project_kv(self.attention_input(slots))
+
+    def forward(
+        self,
+        h: Tensor,
+        prefix_k: Tensor,
+        prefix_v: Tensor,
+        key_valid: Tensor,
+        r: Tensor,
+        want_usage: bool = False,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        """Run the layer on new positions ``h`` ``[B, T, D]``.
+
+        prefix_k/v: ``[B, H, P, d]`` keys/values of everything before ``h``
+        (compressed memory, memory, earlier tokens of the segment);
+        key_valid: ``[B, P + T]``; r: ``[P + T, H, d]`` projected encodings.
+        Returns the output ``[B, T, D]``, the new keys and values
+        ``[B, H, T, d]`` (for a decoding cache) and the attention usage.
+        """
+        x = self.attention_input(h)
+        k_new, v_new = self.attn.project_kv(x)
+        k = torch.cat([prefix_k, k_new], dim=2)
+        v = torch.cat([prefix_v, v_new], dim=2)
+        a, usage = self.attn(x, k, v, key_valid, r, want_usage=want_usage)
+        if self.pre_norm:
+            h = h + self.drop(a)
+            h = h + self.drop(self.ff(self.norm_ff(h)))
+        else:
+            h = self.norm_attn(h + self.drop(a))
+            h = self.norm_ff(h + self.drop(self.ff(h)))
+        return h, k_new, v_new, usage
