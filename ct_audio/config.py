@@ -1,0 +1,101 @@
+"""Options of the audio front end: the ``data`` section of an audio recipe.
+
+Every key of the recipe's ``data`` mapping except ``frontend`` is a field of
+:class:`AudioConfig`; values are checked when the config is built, so a bad
+option fails before any audio is read.
+
+Example::
+
+    cfg = AudioConfig(corpus="librispeech", root="/data/LibriSpeech", normalize="rms")
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from ct_audio.audio_io import NORMALIZE_MODES, Preprocessor
+from ct_audio.corpora import CORPORA
+from ct_core.errors import ConfigError
+from ct_core.token_store import default_cache_dir
+
+
+@dataclasses.dataclass
+class AudioConfig:
+    """Settings of corpus reading, preprocessing, splits and caching.
+
+    corpus: ``librispeech`` | ``ljspeech`` | ``vctk`` | ``fsdd`` | ``folder`` |
+        ``demo`` (the LJ Speech excerpt shipped in ``ct_audio/data``).
+    root: the corpus folder (ignored for ``demo``).
+    sample_rate: the model's rate in Hz; every file is resampled to it
+        (paper: 24,000).
+    mu: μ-law parameter; ``mu + 1`` classes (255 -> 256 classes, 8 bits).
+    trim_silence / top_db: cut leading and trailing audio quieter than
+        ``top_db`` below the utterance's loudest frame.
+    normalize: ``none`` | ``peak`` (to ``peak_db`` dBFS) | ``rms`` (to
+        ``rms_db`` dBFS), per utterance.
+    silence_db: files whose peak is below this level are skipped as silent.
+    valid_fraction / test_fraction: share of speakers (or of utterances when
+        speakers are unknown) held out, where the corpus has no official split.
+    max_files: keep at most this many utterances (quick runs).
+    cache_dir: where prepared data goes (None: ``$CT_CACHE_DIR`` or
+        ``~/.cache/compressive-transformer``).
+    seed: seeds the split and ``max_files`` draws.
+    """
+
+    corpus: str = "demo"
+    root: str | None = None
+    sample_rate: int = 24000
+    mu: int = 255
+    trim_silence: bool = False
+    top_db: float = 40.0
+    normalize: str = "none"
+    peak_db: float = -1.0
+    rms_db: float = -20.0
+    silence_db: float = -60.0
+    valid_fraction: float = 0.05
+    test_fraction: float = 0.05
+    max_files: int | None = None
+    cache_dir: str | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.corpus not in CORPORA:
+            raise ConfigError(f"data.corpus={self.corpus!r} is unknown; choose one of {', '.join(CORPORA)}")
+        if int(self.sample_rate) <= 0:
+            raise ConfigError(f"data.sample_rate={self.sample_rate} must be a positive rate in Hz, e.g. 24000")
+        if not 1 <= int(self.mu) <= 255:
+            raise ConfigError(f"data.mu={self.mu} must lie in 1..255 so codes fit one byte (255: 8-bit μ-law)")
+        if self.normalize not in NORMALIZE_MODES:
+            raise ConfigError(f"data.normalize={self.normalize!r} is unknown; choose one of {NORMALIZE_MODES}")
+        for name in ("valid_fraction", "test_fraction"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"data.{name}={getattr(self, name)} must lie in [0, 1)")
+        if self.valid_fraction + self.test_fraction >= 1.0:
+            raise ConfigError("data.valid_fraction + data.test_fraction must be below 1 to leave training data")
+        if self.max_files is not None and int(self.max_files) < 1:
+            raise ConfigError(f"data.max_files={self.max_files} must be a positive count or null")
+        if self.top_db <= 0:
+            raise ConfigError(f"data.top_db={self.top_db} must be positive (dB below the loudest frame)")
+        self.sample_rate, self.mu = int(self.sample_rate), int(self.mu)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.mu + 1
+
+    def cache_root(self) -> Path:
+        """Folder holding this front end's prepared stores."""
+        base = Path(self.cache_dir).expanduser() if self.cache_dir else default_cache_dir()
+        return base / "audio"
+
+    def preprocessor(self) -> Preprocessor:
+        """The waveform pipeline these settings describe."""
+        return Preprocessor(
+            sample_rate=self.sample_rate, trim_silence=self.trim_silence, top_db=self.top_db,
+            normalize=self.normalize, peak_db=self.peak_db, rms_db=self.rms_db,
+            silence_db=self.silence_db,
+        )
+
+    def token_settings(self) -> dict:
+        """Every setting that changes the prepared tokens (for the content hash)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("cache_dir", "root")}

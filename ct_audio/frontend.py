@@ -1,0 +1,173 @@
+"""The audio front end: raw speech as 8-bit μ-law samples, one token per sample.
+
+Registered in :data:`ct_core.frontend.FRONTENDS` as ``audio``; a recipe's
+``data`` section holds the fields of :class:`AudioConfig`.
+
+Example::
+
+    fe = build_frontend({"frontend": "audio", "corpus": "demo", "sample_rate": 8000})
+    fe.prepare()
+    fe.documents("train")[0]             # uint8 μ-law codes [T] of one utterance
+    fe.metrics(nll_sum, n_tokens, "valid")
+    # {'nll_nats': ..., 'bits_per_sample': ..., 'unigram_bits': ..., 'trigram_bits': ...}
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from ct_audio.audio_io import UnusableAudio
+from ct_audio.baselines import cached_baselines
+from ct_audio.config import AudioConfig
+from ct_audio.mulaw import mulaw_decode, mulaw_encode
+from ct_audio.prepare import plan_preparation, prepare_store
+from ct_audio.wav_out import figure_to_rgb, spectrogram_figure, write_spectrogram_png, write_wav
+from ct_core.errors import ConfigError, DataError
+from ct_core.frontend import SPLITS, FrontEnd
+from ct_core.token_store import TokenStore
+
+#: Streams logged to TensorBoard per evaluation.
+_LOGGED_STREAMS = 4
+
+
+class AudioFrontEnd(FrontEnd):
+    """μ-law waveform front end (see :class:`AudioConfig` for the options).
+
+    Its state is entirely in the config (rate, μ), so :meth:`state_dict` is
+    empty and decoding needs no corpus.
+    """
+
+    name = "audio"
+    Config = AudioConfig
+
+    def __init__(self, cfg: AudioConfig, state: Mapping[str, Any] | None = None) -> None:
+        super().__init__(cfg, state)
+        self.cfg: AudioConfig = cfg
+        self._store: TokenStore | None = None
+
+    # ------------------------------------------------------------------ data
+    @property
+    def vocab_size(self) -> int:
+        return self.cfg.vocab_size
+
+    def prepare(self, progress: bool = True) -> None:
+        self._store = TokenStore(prepare_store(plan_preparation(self.cfg), progress=progress))
+
+    @property
+    def store(self) -> TokenStore:
+        """The prepared store (prepared on first use)."""
+        if self._store is None:
+            self.prepare()
+        return self._store
+
+    def documents(self, split: str) -> Sequence[np.ndarray]:
+        if split not in SPLITS:
+            raise ConfigError(f"split={split!r} is unknown; choose one of {SPLITS}")
+        return self.store.documents(split)
+
+    def _prepared_store(self) -> TokenStore | None:
+        """The store if it is already on disk; ``None`` when the corpus or its
+        prepared data is not available here (e.g. evaluating elsewhere)."""
+        if self._store is None:
+            try:
+                plan = plan_preparation(self.cfg)
+            except DataError:
+                return None
+            if TokenStore.exists(plan.path):
+                self._store = TokenStore(plan.path)
+        return self._store
+
+    def metrics(self, nll_sum: float, n_tokens: int, split: str) -> dict[str, float]:
+        nll = float(nll_sum) / max(int(n_tokens), 1)
+        out = {"nll_nats": nll, "bits_per_sample": nll / math.log(2)}
+        store = self._prepared_store()
+        if store is not None and split in store.splits():
+            base = cached_baselines(store.path, store.documents, split, self.vocab_size)
+            if base["tokens"]:
+                out["unigram_bits"] = base["unigram_bits"]
+                out["trigram_bits"] = base["trigram_bits"]
+        return out
+
+    # -------------------------------------------------------------- sampling
+    @classmethod
+    def add_sample_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--seconds", type=float, default=3.0,
+                            help="seconds of audio to generate after the priming clip (default 3)")
+        parser.add_argument("--prime", type=Path, default=None, metavar="FILE",
+                            help="audio file whose beginning primes the generation")
+        parser.add_argument("--prime-seconds", type=float, default=1.0, metavar="S",
+                            help="seconds of --prime to use (default 1.0)")
+
+    def encode_prompt(self, args: argparse.Namespace) -> np.ndarray:
+        """μ-law codes ``[P]`` (int64) of the first ``--prime-seconds`` of
+        ``--prime``, preprocessed exactly like the training data; ``[0]``
+        without ``--prime``."""
+        prime = getattr(args, "prime", None)
+        if prime is None or str(prime) == "":
+            return np.zeros(0, dtype=np.int64)
+        seconds = float(getattr(args, "prime_seconds", 1.0))
+        if seconds <= 0:
+            raise ConfigError(f"--prime-seconds={seconds} must be positive")
+        try:
+            clip = self.cfg.preprocessor().load(prime)
+        except UnusableAudio as e:
+            raise DataError(f"--prime {prime}: {e.reason}") from None
+        wave = clip.wave[: round(seconds * self.cfg.sample_rate)]  # [P]
+        return mulaw_encode(wave, self.cfg.mu).astype(np.int64)
+
+    def num_new_tokens(self, args: argparse.Namespace) -> int:
+        seconds = float(getattr(args, "seconds", 3.0))
+        if seconds < 0:
+            raise ConfigError(f"--seconds={seconds} must not be negative")
+        return round(seconds * self.cfg.sample_rate)
+
+    def decode(self, tokens: np.ndarray, out: Path, prompt_len: int) -> list[Path]:
+        """Write each stream of ``tokens`` ``[B, P + N]`` as a 16-bit WAV at the
+        model's rate (priming clip included) with a spectrogram PNG beside it.
+
+        One stream and ``out`` ending in ``.wav``: that file. Otherwise ``out``
+        is a folder (``x.wav`` with several streams becomes folder ``x``) that
+        receives ``sample_000.wav``, ``sample_001.wav``, ...
+        """
+        tokens = np.atleast_2d(np.asarray(tokens))  # [B, P + N]
+        out = Path(out)
+        is_wav = out.suffix.lower() == ".wav"
+        if tokens.shape[0] == 1 and is_wav:
+            targets = [out]
+        else:
+            folder = out.with_suffix("") if is_wav else out
+            targets = [folder / f"sample_{i:03d}.wav" for i in range(tokens.shape[0])]
+        sr = self.cfg.sample_rate
+        boundary = prompt_len / sr if prompt_len > 0 else None
+        written: list[Path] = []
+        for stream, wav_path in zip(tokens, targets):
+            wave = mulaw_decode(stream, self.cfg.mu)  # [P + N]
+            title = f"{wav_path.stem}: {len(wave) / sr:.2f} s at {sr} Hz"
+            if boundary is not None:
+                title += f", primed with {boundary:.2f} s"
+            written.append(write_wav(wav_path, wave, sr))
+            written.append(write_spectrogram_png(wav_path.with_suffix(".png"), wave, sr, title, boundary))
+        return written
+
+    def speed_summary(self, n_new_tokens: int, batch: int, seconds: float) -> str:
+        """Samples per second and the real-time factor: seconds of audio
+        generated (all streams together) per second of wall time."""
+        sr = self.cfg.sample_rate
+        rate = n_new_tokens * batch / max(seconds, 1e-9)
+        return (f"{batch} x {n_new_tokens:,} samples ({n_new_tokens / sr:.2f} s of audio each) "
+                f"in {seconds:.2f} s: {rate:,.0f} samples/s, real-time factor {rate / sr:.3f}")
+
+    def log_samples(self, writer: Any, tokens: np.ndarray, step: int) -> None:
+        """Audio clips and spectrograms of the first few streams of ``tokens``
+        ``[B, T]``."""
+        sr = self.cfg.sample_rate
+        for i, stream in enumerate(np.atleast_2d(np.asarray(tokens))[:_LOGGED_STREAMS]):
+            wave = mulaw_decode(stream, self.cfg.mu)  # [T]
+            writer.add_audio(f"samples/audio_{i}", wave[None, :], step, sample_rate=sr)
+            fig = spectrogram_figure(wave, sr, f"sample {i}, step {step}")
+            writer.add_image(f"samples/spectrogram_{i}", figure_to_rgb(fig), step, dataformats="HWC")
