@@ -99,6 +99,11 @@ class FrontEnd(abc.ABC):
         """The prompt (text) or priming clip (audio) as token ids ``[P]``;
         ``P`` may be 0."""
 
+    def start_token(self) -> int:
+        """The token that starts generation when there is no prompt
+        (audio: the μ-law code of silence; text: a newline)."""
+        return 0
+
     @abc.abstractmethod
     def num_new_tokens(self, args: argparse.Namespace) -> int:
         """How many tokens ``ct-sample`` should generate after the prompt."""
