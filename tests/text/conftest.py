@@ -1,4 +1,4 @@
-"""Tiny corpora the text tests build in tmp_path, and the real PG-19 sample."""
+"""Tiny corpora the text tests build in tmp_path."""
 
 from __future__ import annotations
 
@@ -8,9 +8,6 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-
-#: shared/data/text/pg19_sample next to the checkout (absent on some machines).
-PG19_SAMPLE = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "text" / "pg19_sample"
 
 _WORDS = (
     "the of and to in was he that it his her with as had for you not be at on she but is my "
@@ -76,4 +73,4 @@ def corpora() -> SimpleNamespace:
     """The helpers above, as a fixture: test modules never import conftest by
     name (another test folder may have a conftest of its own)."""
     return SimpleNamespace(english=english, write_pg19=write_pg19, tricky_books=tricky_books,
-                           make_zip=make_zip, pg19_sample=PG19_SAMPLE)
+                           make_zip=make_zip)
