@@ -1,0 +1,60 @@
+"""Metrics of text language models from a summed NLL.
+
+All take ``nll_sum``, the negative log-likelihood in nats summed over the
+``n_tokens`` predicted tokens of a complete pass over a split:
+
+* ``nll``: nats per predicted token; ``token_ppl = exp(nll)``.
+* ``bpc`` (byte tokenizers only): bits per predicted byte,
+  ``nll_sum / n_tokens / ln 2`` (enwik8's "bits per character").
+* ``bits_per_byte``: ``nll_sum / ln 2 / n_bytes``, over every byte of the
+  split, whatever the tokenizer, so subword and byte models compare.
+* ``word_ppl``: ``exp(nll_sum / n_words)``, with ``n_words`` the split's
+  whitespace-separated words (PG-19's metric, independent of the tokenizer).
+* ``bytes_per_token``: ``n_bytes / n_split_tokens``, how much text a token holds.
+
+The core's evaluator predicts every token of a document except its first
+(nothing comes before it), so ``n_tokens`` is the split's tokens minus its
+documents. ``bits_per_byte`` and ``word_ppl`` still divide by *all* bytes and
+words of the split: the few unpredicted first tokens (one per book) are
+negligible, and normalising by the full text keeps the numbers comparable
+with published ones, which divide by the split's words.
+
+Example::
+
+    text_metrics(nll_sum=693.1, n_tokens=1000, bytes_tokenizer=True)["bpc"]   # ~1.0
+"""
+
+from __future__ import annotations
+
+import math
+
+LN2 = math.log(2.0)
+
+
+def _exp(x: float) -> float:
+    # A diverged model's perplexity is infinite, not an OverflowError.
+    return math.exp(x) if x < 709.0 else math.inf
+
+
+def text_metrics(
+    nll_sum: float,
+    n_tokens: int,
+    bytes_tokenizer: bool,
+    n_bytes: int | None = None,
+    n_words: int | None = None,
+    n_split_tokens: int | None = None,
+) -> dict[str, float]:
+    """The metrics above; those whose count is unknown (``None``) or zero are left out."""
+    if n_tokens <= 0:
+        return {"nll": math.nan, "token_ppl": math.nan}
+    nll = nll_sum / n_tokens
+    out = {"nll": nll, "token_ppl": _exp(nll)}
+    if bytes_tokenizer:
+        out["bpc"] = nll / LN2
+    if n_bytes:
+        out["bits_per_byte"] = nll_sum / LN2 / n_bytes
+        if n_split_tokens:
+            out["bytes_per_token"] = n_bytes / n_split_tokens
+    if n_words:
+        out["word_ppl"] = _exp(nll_sum / n_words)
+    return out
