@@ -1,0 +1,266 @@
+"""Checkpoints: one file per save, written atomically, loadable with ``weights_only``.
+
+A checkpoint is a ``torch.save`` of a plain dict (the *payload*); everything
+in it is a tensor, number, string, ``None``, list or dict, so it loads with
+``torch.load(weights_only=True)`` and loading never runs code from the file.
+
+Payload keys (the trainer fills them; ``FORMAT_VERSION`` changes when they do):
+
+=================  ============================================================
+``format_version`` int, :data:`FORMAT_VERSION`
+``package_version`` str, :func:`package_version` of the writer
+``config``         the resolved recipe as a plain nested dict
+``model``          ``model.state_dict()``
+``step``           optimizer steps taken
+``optimizer``      ``optimizer.state_dict()``                (training state)
+``scheduler``      ``scheduler.state_dict()``                (training state)
+``tokens_seen``    target tokens trained on so far            (training state)
+``batcher``        ``StreamBatcher.state_dict()``             (training state)
+``memory``         dict of the model's memory tensors, may be empty (training state)
+``rng``            :func:`capture_rng_state`                  (training state)
+``frontend``       ``FrontEnd.state_dict()``
+=================  ============================================================
+
+Writing goes to a temporary file beside the target, is flushed to disk, then
+renamed over the target (``os.replace`` is atomic), so a process killed
+mid-save leaves the previous checkpoint whole. ``last.pt`` is swapped in the
+same way, as a hard link to the newest step file where the file system
+allows (no second write of a large file), else as a copy.
+
+Example::
+
+    manager = CheckpointManager(run_dir / "checkpoints", keep_last=3)
+    manager.save(step, {"format_version": FORMAT_VERSION, ..., "rng": capture_rng_state()})
+    payload = load_checkpoint(manager.latest(), for_resume=True)
+    restore_rng_state(payload["rng"])
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import json
+import os
+import random
+import re
+import shutil
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+
+from ct_core.errors import CheckpointError, ConfigError
+
+FORMAT_VERSION = 1
+#: keys every checkpoint has; enough for ct-eval, ct-sample and export
+REQUIRED_KEYS = ("format_version", "package_version", "config", "model", "step", "frontend")
+#: keys a checkpoint needs to resume training exactly
+TRAINING_KEYS = ("optimizer", "scheduler", "tokens_seen", "batcher", "memory", "rng")
+LAST = "last.pt"
+_STEP_FILE = re.compile(r"step_(\d+)\.pt")
+_TMP_SUFFIX = ".tmp"
+
+
+def package_version() -> str:
+    try:
+        return importlib.metadata.version("compressive-transformer")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+# ------------------------------------------------------------------ RNG state
+def capture_rng_state() -> dict[str, Any]:
+    """The global RNG states of torch (CPU and initialised CUDA devices),
+    numpy and Python's ``random``, as tensors and plain lists/ints."""
+    name, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if cuda else [],
+        "numpy": {
+            "name": str(name),
+            "keys": keys.tolist(),  # 624 uint32 words of the Mersenne twister
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached_gaussian),
+        },
+        "python": {"version": int(version), "internal": list(internal), "gauss_next": gauss_next},
+    }
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    """Undo :func:`capture_rng_state`: the next random numbers of every
+    generator equal those that followed the capture."""
+    torch.set_rng_state(state["torch"].cpu())
+    if state["cuda"] and torch.cuda.is_available():
+        for device, cuda_state in enumerate(state["cuda"][: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(cuda_state.cpu(), device)
+    n = state["numpy"]
+    np.random.set_state(
+        (n["name"], np.asarray(n["keys"], dtype=np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["internal"]), p["gauss_next"]))
+
+
+# ------------------------------------------------------------- atomic writes
+@contextlib.contextmanager
+def _atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a fresh temporary path beside ``path``; once the caller has
+    written it, sync it to disk and rename it over ``path``. On any error
+    (or KeyboardInterrupt) the temporary file is removed and ``path`` is
+    untouched."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=_TMP_SUFFIX)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        fd = os.open(tmp, os.O_RDWR)
+        try:
+            os.fsync(fd)  # the data must be on disk before the rename can expose it
+        finally:
+            os.close(fd)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; checkpoints are meant to be shared
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    if os.name == "posix":  # make the rename itself durable
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
+    """Write ``payload`` to ``path`` atomically (see the module docstring)."""
+    with _atomic_path(Path(path)) as tmp:
+        torch.save(payload, tmp)
+
+
+def load_checkpoint(path: Path, map_location: Any = "cpu", for_resume: bool = False) -> dict[str, Any]:
+    """Load a checkpoint with ``weights_only=True``; a missing, unreadable or
+    incomplete file is a one-line :class:`CheckpointError` naming it.
+    ``for_resume`` also requires the training state (:data:`TRAINING_KEYS`)."""
+    path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a directory; pass a checkpoint file such as {path / LAST}")
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint; pass a .pt file from <run>/checkpoints/")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # torch raises several types for damaged files
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise CheckpointError(f"{path}: not a readable checkpoint ({reason}); it may be damaged or not a checkpoint") from None
+    if not isinstance(payload, dict):
+        raise CheckpointError(f"{path}: not a checkpoint of this package (holds a {type(payload).__name__}, not a dict)")
+    required = REQUIRED_KEYS + (TRAINING_KEYS if for_resume else ())
+    missing = [key for key in required if key not in payload]
+    if missing:
+        raise CheckpointError(f"{path}: checkpoint lacks {', '.join(missing)}; it cannot be used for this")
+    if payload["format_version"] > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint format {payload['format_version']} is newer than this package reads "
+            f"({FORMAT_VERSION}); upgrade compressive-transformer (written by {payload['package_version']})"
+        )
+    return payload
+
+
+def _is_complete(path: Path) -> bool:
+    """Whether ``path`` is a whole ``torch.save`` archive. The zip directory
+    is written last, so a truncated file fails; nothing is unpickled."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name.endswith("/data.pkl") for name in archive.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
+class CheckpointManager:
+    """``step_XXXXXXXX.pt`` files plus ``last.pt`` in one directory, keeping
+    the newest ``keep_last`` step files (0: only ``last.pt``)."""
+
+    def __init__(self, directory: Path, keep_last: int = 3) -> None:
+        if keep_last < 0:
+            raise ConfigError(f"keep_last={keep_last} must be >= 0 (0 keeps only {LAST})")
+        self.dir = Path(directory)
+        self.keep_last = keep_last
+        self.dir.mkdir(parents=True, exist_ok=True)
+        # Leftovers of a save that was killed (SIGKILL skips all clean-up).
+        for stale in self.dir.glob(f".*.pt.*{_TMP_SUFFIX}"):
+            stale.unlink(missing_ok=True)
+
+    @property
+    def last_path(self) -> Path:
+        return self.dir / LAST
+
+    def step_path(self, step: int) -> Path:
+        return self.dir / f"step_{step:08d}.pt"
+
+    def step_files(self) -> list[tuple[int, Path]]:
+        """``(step, path)`` of every step file, oldest first."""
+        found = []
+        for path in self.dir.iterdir():
+            match = _STEP_FILE.fullmatch(path.name)
+            if match:
+                found.append((int(match.group(1)), path))
+        return sorted(found)
+
+    def save(self, step: int, payload: dict[str, Any]) -> Path:
+        """Write the step file, point ``last.pt`` at it, prune old step files."""
+        path = self.step_path(step)
+        save_checkpoint(path, payload)
+        with _atomic_path(self.last_path) as tmp:
+            tmp.unlink()
+            try:
+                os.link(path, tmp)
+            except OSError:  # no hard links here (some network or Windows file systems)
+                shutil.copyfile(path, tmp)
+        step_files = self.step_files()
+        for _, old in step_files[: max(len(step_files) - self.keep_last, 0)]:
+            old.unlink(missing_ok=True)
+        return path
+
+    def latest(self) -> Path | None:
+        """The checkpoint to resume from: ``last.pt`` if complete, else the
+        newest complete step file, else ``None``."""
+        candidates = [self.last_path] + [path for _, path in reversed(self.step_files())]
+        return next((path for path in candidates if path.is_file() and _is_complete(path)), None)
+
+
+def export_safetensors(checkpoint_path: Path, out_path: Path) -> Path:
+    """Write the model weights of a checkpoint as safetensors, with the
+    resolved config (JSON) and versions in the file's metadata.
+
+    Tensors that share storage (tied embeddings) or are views are cloned,
+    since safetensors stores each tensor on its own.
+    """
+    payload = load_checkpoint(checkpoint_path)
+    tensors: dict[str, torch.Tensor] = {}
+    seen: set[int] = set()
+    for name, value in payload["model"].items():
+        if not isinstance(value, torch.Tensor):
+            raise CheckpointError(f"{checkpoint_path}: model entry {name!r} is not a tensor; cannot export it")
+        storage = value.untyped_storage()
+        owns_storage = value.is_contiguous() and storage.nbytes() == value.nbytes and value.storage_offset() == 0
+        if storage.data_ptr() in seen or not owns_storage:
+            value = value.clone(memory_format=torch.contiguous_format)
+        seen.add(storage.data_ptr())
+        tensors[name] = value
+    metadata = {
+        "format": "pt",
+        "config": json.dumps(payload["config"], default=str),
+        "step": str(payload["step"]),
+        "package_version": str(payload["package_version"]),
+    }
+    out_path = Path(out_path)
+    with _atomic_path(out_path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+    return out_path
