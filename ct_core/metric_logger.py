@@ -1,0 +1,153 @@
+"""Training metrics: ``metrics.jsonl``, TensorBoard scalars and a progress display.
+
+Every :meth:`MetricLogger.log` call appends one JSON object per line to
+``<run_dir>/metrics.jsonl`` (easy to read with ``pandas.read_json(...,
+lines=True)``; non-finite values are written as ``null``) and writes the same
+values as TensorBoard scalars ``<split>/<name>`` under ``<run_dir>/tb``.
+
+Progress goes to stderr: a tqdm bar on a terminal; elsewhere (CI, cluster
+logs) one plain line every ``log_every`` steps::
+
+    step 120/1000 | loss 2.314 | 12,345 tok/s | eta 3m12s
+
+On ranks other than 0, build it with ``enabled=False``: every method is then
+a no-op and :attr:`MetricLogger.writer` is ``None``.
+
+Example::
+
+    with MetricLogger(run_dir, total_steps=1000) as logger:
+        logger.progress(step, loss=2.31, tokens_per_s=12345.0)
+        logger.log(step, {"loss": 2.31, "lr": 3e-4})
+        logger.log(step, {"bpc": 1.05}, split="valid")
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any, Mapping, TextIO
+
+from tqdm import tqdm
+
+
+def format_duration(seconds: float) -> str:
+    """``45s``, ``3m12s``, ``2h05m``."""
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def _number(value: Any) -> Any:
+    """A Python number from a metric (tensors and numpy scalars via item())."""
+    return value.item() if hasattr(value, "item") else value
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # JSON has no NaN or infinity; TensorBoard still shows them
+    return value
+
+
+class MetricLogger:
+    """Metrics file, TensorBoard writer and progress display of one run.
+
+    ``run_dir=None`` logs progress only (no files).
+    """
+
+    def __init__(
+        self,
+        run_dir: Path | None,
+        total_steps: int,
+        enabled: bool = True,
+        log_every: int = 10,
+        stream: TextIO | None = None,
+    ) -> None:
+        self.total_steps = total_steps
+        self.enabled = enabled
+        self.log_every = max(1, log_every)
+        self.stream = stream if stream is not None else sys.stderr
+        self.writer: Any = None  # torch.utils.tensorboard.SummaryWriter, for front ends' samples
+        self._jsonl: TextIO | None = None
+        self._bar: tqdm | None = None
+        self._first: tuple[int, float] | None = None  # (step, time) of the first progress call
+        self._tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        if not enabled or run_dir is None:
+            return
+        run_dir = Path(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self._jsonl = open(run_dir / "metrics.jsonl", "a", encoding="utf-8")
+        # Imported here: tensorboard is slow to import and only rank 0 needs it.
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(str(run_dir / "tb"), flush_secs=30)
+
+    def log(self, step: int, metrics: Mapping[str, Any], split: str = "train") -> None:
+        """Record ``metrics`` of ``split`` at ``step`` in both sinks."""
+        if not self.enabled:
+            return
+        values = {name: _number(value) for name, value in metrics.items()}
+        if self._jsonl is not None:
+            record = {"step": step, "split": split, "time": round(time.time(), 3)}
+            record.update({name: _json_value(value) for name, value in values.items()})
+            self._jsonl.write(json.dumps(record) + "\n")
+            self._jsonl.flush()  # a crashed run keeps every line it logged
+        if self.writer is not None:
+            for name, value in values.items():
+                self.writer.add_scalar(f"{split}/{name}", float(value), step)
+
+    def progress(self, step: int, loss: float, tokens_per_s: float) -> None:
+        """Show training progress after optimizer step ``step`` (1-based)."""
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if self._first is None:
+            self._first = (step - 1, now)  # rate and ETA count from where this process started
+        if self._tty:
+            if self._bar is None:
+                self._bar = tqdm(
+                    total=self.total_steps, initial=step - 1, file=self.stream, unit="step", dynamic_ncols=True
+                )
+            self._bar.set_postfix_str(f"loss {loss:.3f} | {tokens_per_s:,.0f} tok/s", refresh=False)
+            self._bar.update(step - self._bar.n)
+            return
+        if step % self.log_every != 0 and step != self.total_steps:
+            return
+        first_step, first_time = self._first
+        done = step - first_step
+        eta = (self.total_steps - step) * (now - first_time) / done if done > 0 else math.nan
+        eta_text = format_duration(eta) if math.isfinite(eta) else "?"
+        self.message(
+            f"step {step}/{self.total_steps} | loss {loss:.3f} | {tokens_per_s:,.0f} tok/s | eta {eta_text}"
+        )
+
+    def message(self, text: str) -> None:
+        """Print a line without breaking the progress bar."""
+        if not self.enabled:
+            return
+        if self._bar is not None:
+            self._bar.write(text, file=self.stream)
+        else:
+            print(text, file=self.stream, flush=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+        if self.writer is not None:
+            self.writer.close()
+        if self._jsonl is not None:
+            self._jsonl.close()
+            self._jsonl = None
+
+    def __enter__(self) -> "MetricLogger":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
