@@ -101,10 +101,12 @@ class MetricLogger:
             for name, value in values.items():
                 self.writer.add_scalar(f"{split}/{name}", float(value), step)
 
-    def progress(self, step: int, loss: float, tokens_per_s: float) -> None:
-        """Show training progress after optimizer step ``step`` (1-based)."""
+    def progress(self, step: int, loss: float, tokens_per_s: float | None) -> None:
+        """Show training progress after optimizer step ``step`` (1-based);
+        ``tokens_per_s`` may be ``None`` before the first measurement."""
         if not self.enabled:
             return
+        speed = "" if tokens_per_s is None else f" | {tokens_per_s:,.0f} tok/s"
         now = time.monotonic()
         if self._first is None:
             self._first = (step - 1, now)  # rate and ETA count from where this process started
@@ -113,7 +115,7 @@ class MetricLogger:
                 self._bar = tqdm(
                     total=self.total_steps, initial=step - 1, file=self.stream, unit="step", dynamic_ncols=True
                 )
-            self._bar.set_postfix_str(f"loss {loss:.3f} | {tokens_per_s:,.0f} tok/s", refresh=False)
+            self._bar.set_postfix_str(f"loss {loss:.3f}{speed}", refresh=False)
             self._bar.update(step - self._bar.n)
             return
         if step % self.log_every != 0 and step != self.total_steps:
@@ -122,9 +124,7 @@ class MetricLogger:
         done = step - first_step
         eta = (self.total_steps - step) * (now - first_time) / done if done > 0 else math.nan
         eta_text = format_duration(eta) if math.isfinite(eta) else "?"
-        self.message(
-            f"step {step}/{self.total_steps} | loss {loss:.3f} | {tokens_per_s:,.0f} tok/s | eta {eta_text}"
-        )
+        self.message(f"step {step}/{self.total_steps} | loss {loss:.3f}{speed} | eta {eta_text}")
 
     def message(self, text: str) -> None:
         """Print a line without breaking the progress bar."""

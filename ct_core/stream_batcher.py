@@ -53,10 +53,9 @@ Example::
 
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass
 from typing import Any, Iterator, Mapping, Sequence
-
-import heapq
 
 import numpy as np
 import torch
