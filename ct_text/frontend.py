@@ -281,6 +281,11 @@ class TextFrontEnd(FrontEnd):
             data = (getattr(args, "prompt", None) or "").encode("utf-8")
         return np.asarray(self._require_tokenizer().encode(data), dtype=np.int64)
 
+    def start_token(self) -> int:
+        """A newline (the byte 10; SentencePiece's byte piece ``<0x0A>``):
+        unprompted text starts as if at the beginning of a line."""
+        return int(self._require_tokenizer().encode(b"\n")[0])
+
     def num_new_tokens(self, args: argparse.Namespace) -> int:
         if args.tokens < 0:
             raise ConfigError(f"--tokens {args.tokens}: must be >= 0")

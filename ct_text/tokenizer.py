@@ -170,7 +170,8 @@ def train_sentencepiece(text: bytes, vocab_size: int, model_type: str) -> bytes:
             vocab_size=vocab_size, model_type=model_type, **TRAINER_OPTIONS,
         )
     except RuntimeError as e:
-        reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        # SentencePiece prefixes its reason with the failed C++ check: keep the reason only.
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[-1].split("] ", 1)[-1]
         raise ConfigError(
             f"data.vocab_size={vocab_size}: SentencePiece could not train ({reason}); "
             "choose another data.vocab_size or give it more text (data.tokenizer_sample_bytes)"
