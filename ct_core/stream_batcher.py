@@ -83,7 +83,7 @@ class Batch:
         if n <= 0 or rows % n != 0:
             raise ConfigError(
                 f"a batch of {rows} lanes per process cannot be split into {n} micro-batches; "
-                "trainer.batch_size / world size must be a multiple of the accumulation steps"
+                "trainer.batch_size / world size must be a multiple of trainer.grad_accum"
             )
         size = rows // n
         return [
