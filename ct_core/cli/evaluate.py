@@ -1,0 +1,92 @@
+"""``ct-eval``: evaluate a checkpoint on a complete split.
+
+Prints the front end's metrics one per line, then one JSON object as the
+last line, and writes ``eval_<split>.json`` beside the checkpoint::
+
+    ct-eval outputs/audio/demo/<time>/checkpoints/last.pt split=test
+    ct-eval runs/enwik8_ct/checkpoints/last.pt split=test data.path=/data/enwik8.zip eval.cmem_len=3072
+
+Overrides (``key=value``) may change ``split``, ``data.*`` (e.g. where the
+corpus lives on this machine), ``eval.*`` and ``trainer.device``/``precision``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ct_core.cli.common import user_errors
+from ct_core.errors import ConfigError
+
+PROG = "ct-eval"
+EDITABLE = ("data.", "eval.", "trainer.device", "trainer.precision")
+
+
+def apply_overrides(config: dict, overrides: list[str]) -> tuple[dict, str]:
+    """Apply ``key=value`` overrides to a checkpoint's config; returns it and the split."""
+    from omegaconf import OmegaConf
+
+    split = "valid"
+    dotlist = []
+    for item in overrides:
+        key, _, value = item.partition("=")
+        if key == "split":
+            split = value
+        elif any(key == p or key.startswith(p) for p in EDITABLE):
+            dotlist.append(item)
+        else:
+            raise ConfigError(f"{key} cannot be changed at evaluation; allowed: split, data.*, eval.*, trainer.device")
+    if split not in ("train", "valid", "test"):
+        raise ConfigError(f"split={split!r} is unknown; choose valid or test (or train)")
+    merged = OmegaConf.merge(OmegaConf.create(config), OmegaConf.from_dotlist(dotlist))
+    return OmegaConf.to_container(merged, resolve=True), split
+
+
+def run(checkpoint: Path, overrides: list[str]) -> dict:
+    import torch
+
+    from ct_core.checkpoint import load_checkpoint
+    from ct_core.evaluator import evaluate
+    from ct_core.run_setup import build_run, load_model
+    from ct_core.trainer import resolve_device
+    from ct_core.distributed import DistContext
+
+    payload = load_checkpoint(checkpoint)
+    config, split = apply_overrides(payload["config"], overrides)
+    cfg, frontend = build_run(config, payload["frontend"])
+    device = resolve_device(cfg.trainer.device, DistContext())
+    model = load_model(checkpoint, payload, cfg, frontend).to(device)
+    frontend.prepare(progress=sys.stderr.isatty())
+    docs = frontend.documents(split)
+    with torch.no_grad():
+        result = evaluate(model, docs, cfg.eval.batch_size, cfg.eval_mem_len, cfg.eval_cmem_len, device,
+                          cfg.trainer.precision)
+    metrics = frontend.metrics(result.nll_sum, result.n_tokens, split)
+    report = {"checkpoint": str(checkpoint), "step": payload["step"], "split": split, "n_tokens": result.n_tokens,
+              "mem_len": cfg.eval_mem_len, "cmem_len": cfg.eval_cmem_len, **metrics}
+    for key, value in metrics.items():
+        print(f"{key:>20}  {value:.6g}" if isinstance(value, float) else f"{key:>20}  {value}")
+    out = checkpoint.parent / f"eval_{split}.json"
+    out.write_text(json.dumps(report, indent=2))
+    print(json.dumps(report), flush=True)
+    return report
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Evaluate a checkpoint on a complete split (every token once, memory carried "
+        "within documents). The last printed line is one JSON object.",
+        epilog="example: ct-eval outputs/audio/demo/<time>/checkpoints/last.pt split=test",
+    )
+    parser.add_argument("checkpoint", type=Path, help="a .pt file written by ct-train")
+    parser.add_argument("overrides", nargs="*", help="split=valid|test, data.KEY=VALUE, eval.KEY=VALUE, trainer.device=cpu")
+    args = parser.parse_args(argv)
+    with user_errors(PROG):
+        run(args.checkpoint, args.overrides)
+
+
+if __name__ == "__main__":
+    main()
