@@ -34,7 +34,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -66,7 +66,8 @@ def _keys(doc: np.ndarray, order: int, vocab_size: int) -> np.ndarray:
     return key
 
 
-def _chunks(documents: Iterable[np.ndarray], fn) -> Iterator[tuple[np.ndarray, ...]]:
+def _chunks(documents: Iterable[np.ndarray],
+            fn: Callable[[np.ndarray], tuple[np.ndarray, ...]]) -> Iterator[tuple[np.ndarray, ...]]:
     """Concatenations of ``fn(doc)`` (tuples of arrays) over documents, about
     :data:`_CHUNK` elements at a time."""
     buf: list[tuple[np.ndarray, ...]] = []
@@ -131,7 +132,8 @@ def evaluate(counts: NgramCounts, documents: Iterable[np.ndarray]) -> dict[str, 
     }
 
 
-def cached_baselines(store_path: Path, documents, split: str, vocab_size: int,
+def cached_baselines(store_path: Path, documents: Callable[[str], Sequence[np.ndarray]],
+                     split: str, vocab_size: int,
                      splits: Sequence[str] = ("valid", "test")) -> dict[str, float]:
     """The baselines of ``split`` for the store at ``store_path``, computed
     once and kept in ``<store>/baselines.json``. ``documents(split)`` gives a

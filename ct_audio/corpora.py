@@ -101,6 +101,7 @@ def _read_text(path: Path) -> str:
 
 
 def read_librispeech(root: Path) -> Listing:
+    """LibriSpeech tree; transcripts attached where a ``.trans.txt`` exists."""
     utterances, skipped, files = [], [], []
     transcripts: dict[Path, dict[str, str]] = {}
     for path in _audio_files(root):
@@ -125,6 +126,7 @@ def read_librispeech(root: Path) -> Listing:
 
 
 def read_ljspeech(root: Path) -> Listing:
+    """LJ Speech: the rows of ``metadata.csv`` whose audio is in ``wavs/``."""
     meta = root / "metadata.csv"
     if not meta.is_file():
         raise DataError(f"{meta}: not found; an LJ Speech folder holds metadata.csv and wavs/")
@@ -146,6 +148,7 @@ def read_ljspeech(root: Path) -> Listing:
 
 
 def read_vctk(root: Path) -> Listing:
+    """VCTK-style ``<audio dir>/<speaker>/*``; the folder name is the speaker."""
     audio_dir = next((root / d for d in _VCTK_AUDIO_DIRS if (root / d).is_dir()), root)
     utterances, skipped, files = [], [], []
     for path in _audio_files(audio_dir):
@@ -169,6 +172,7 @@ def read_vctk(root: Path) -> Listing:
 
 
 def read_fsdd(root: Path) -> Listing:
+    """Free Spoken Digit Dataset with its official split (takes 0-4 test, 5-9 valid)."""
     folder = root / "recordings" if (root / "recordings").is_dir() else root
     utterances, skipped, files = [], [], []
     for path in _audio_files(folder):
@@ -185,6 +189,7 @@ def read_fsdd(root: Path) -> Listing:
 
 
 def read_folder(root: Path) -> Listing:
+    """Every audio file below ``root``; speakers unknown."""
     files = _audio_files(root)
     utterances = [Utterance(id=_rel(p, root).rsplit(".", 1)[0], path=p) for p in files]
     return Listing(root, utterances, [], files)

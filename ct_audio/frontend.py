@@ -76,7 +76,7 @@ class AudioFrontEnd(FrontEnd):
         if self._store is None:
             try:
                 plan = plan_preparation(self.cfg)
-            except DataError:
+            except (DataError, ConfigError):
                 return None
             if TokenStore.exists(plan.path):
                 self._store = TokenStore(plan.path)
