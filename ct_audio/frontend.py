@@ -120,6 +120,11 @@ class AudioFrontEnd(FrontEnd):
         wave = clip.wave[: round(seconds * self.cfg.sample_rate)]  # [P]
         return mulaw_encode(wave, self.cfg.mu).astype(np.int64)
 
+    def start_token(self) -> int:
+        """The μ-law code of silence (amplitude 0): unprompted generation
+        starts from a quiet sample."""
+        return int(mulaw_encode(np.zeros(1, dtype=np.float32), self.cfg.mu)[0])
+
     def num_new_tokens(self, args: argparse.Namespace) -> int:
         seconds = float(getattr(args, "seconds", 3.0))
         if seconds < 0:
@@ -133,6 +138,10 @@ class AudioFrontEnd(FrontEnd):
         One stream and ``out`` ending in ``.wav``: that file. Otherwise ``out``
         is a folder (``x.wav`` with several streams becomes folder ``x``) that
         receives ``sample_000.wav``, ``sample_001.wav``, ...
+
+        The spectrogram marks where the priming clip ends. A one-token prompt
+        is the :meth:`start_token` of unprompted generation, not a clip, so
+        it gets no mark.
         """
         tokens = np.atleast_2d(np.asarray(tokens))  # [B, P + N]
         out = Path(out)
@@ -143,7 +152,7 @@ class AudioFrontEnd(FrontEnd):
             folder = out.with_suffix("") if is_wav else out
             targets = [folder / f"sample_{i:03d}.wav" for i in range(tokens.shape[0])]
         sr = self.cfg.sample_rate
-        boundary = prompt_len / sr if prompt_len > 0 else None
+        boundary = prompt_len / sr if prompt_len > 1 else None
         written: list[Path] = []
         for stream, wav_path in zip(tokens, targets):
             wave = mulaw_decode(stream, self.cfg.mu)  # [P + N]

@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from ct_audio import frontend as frontend_module
 from ct_audio.frontend import AudioFrontEnd
 from ct_audio.mulaw import mulaw_decode
+from ct_audio.wav_out import spectrogram_figure
 from ct_core.errors import ConfigError, DataError
 from ct_core.frontend import build_frontend, frontend_class
 
@@ -50,6 +52,9 @@ def test_sample_arguments_and_lengths():
     assert _fe().num_new_tokens(args) == 24000
     empty = _fe().encode_prompt(args)
     assert empty.shape == (0,) and empty.dtype == np.int64
+    # unprompted generation starts from silence: the class of amplitude 0
+    assert _fe().start_token() == 128
+    assert abs(mulaw_decode(np.array([_fe().start_token()]))[0]) < 1e-4
 
 
 def test_encode_prompt_is_the_first_seconds_preprocessed_like_training(tmp_path):
@@ -141,3 +146,25 @@ def test_log_samples_sends_audio_and_spectrograms(tmp_path):
         _fe().log_samples(real, tokens[:1], step=1)
     events = list((tmp_path / "tb").glob("events.*"))
     assert events and events[0].stat().st_size > 10_000  # audio + image payloads
+
+
+def test_spectrogram_marks_the_end_of_the_priming_clip(monkeypatch, tmp_path):
+    wave = tone(440.0, 2.0, 8000)
+    ax = spectrogram_figure(wave, 8000, "primed", boundary_s=0.5).axes[0]
+    assert [tuple(line.get_xdata()) for line in ax.get_lines()] == [(0.5, 0.5)]
+    assert ax.get_title() == "primed" and ax.get_xlabel() == "time (s)"
+    assert ax.get_xlim() == (0.0, 2.0)
+    assert spectrogram_figure(wave, 8000, "plain").axes[0].get_lines() == []
+
+    seen = []
+    real = frontend_module.write_spectrogram_png
+
+    def spy(path, wave, sr, title, boundary_s=None):
+        seen.append(boundary_s)
+        return real(path, wave, sr, title, boundary_s)
+
+    monkeypatch.setattr(frontend_module, "write_spectrogram_png", spy)
+    tokens = np.full((1, 8000), 128)
+    _fe().decode(tokens, tmp_path / "a.wav", prompt_len=2000)
+    _fe().decode(tokens, tmp_path / "b.wav", prompt_len=1)  # the start token only
+    assert seen == [0.25, None]
