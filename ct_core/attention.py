@@ -79,15 +79,16 @@ class RelativeMultiHeadAttention(nn.Module):
         n_keys = k.shape[2]
         q = self._heads(self.w_q(x))  # [B, H, T, d]
         bd = torch.einsum("bhtd,khd->bhtk", q + self.v[:, None, :], r)  # [B, H, T, K]
-        bd = rel_shift(bd)
-        # Query i sits at key index K - T + i; later keys are its future.
-        causal = torch.arange(n_keys, device=x.device)[None, :] <= (
-            torch.arange(t, device=x.device)[:, None] + (n_keys - t)
-        )  # [T, K]
-        allowed = causal[None, :, :] & key_valid[:, None, :]  # [B, T, K]
-        mask_bias = torch.zeros(allowed.shape, dtype=bd.dtype, device=x.device)
-        mask_bias = mask_bias.masked_fill(~allowed, float("-inf"))  # [B, T, K]
-        bias = bd * self.scale + mask_bias[:, None, :, :]  # [B, H, T, K]
+        if t == 1:
+            allowed = key_valid[:, None, :]  # a lone query is the newest key: nothing is future
+        else:
+            bd = rel_shift(bd)
+            # Query i sits at key index K - T + i; later keys are its future.
+            causal = torch.arange(n_keys, device=x.device)[None, :] <= (
+                torch.arange(t, device=x.device)[:, None] + (n_keys - t)
+            )  # [T, K]
+            allowed = causal[None, :, :] & key_valid[:, None, :]  # [B, T, K]
+        bias = torch.where(allowed[:, None, :, :], bd * self.scale, float("-inf"))  # [B, H, T, K]
         qu = q + self.u[:, None, :]
         usage = None
         if want_usage:

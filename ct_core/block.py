@@ -56,19 +56,48 @@ class Block(nn.Module):
         key_valid: Tensor,
         r: Tensor,
         want_usage: bool = False,
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    ) -> tuple[Tensor, Tensor | None, Tensor, Tensor]:
         """Run the layer on new positions ``h`` ``[B, T, D]``.
 
         prefix_k/v: ``[B, H, P, d]`` keys/values of everything before ``h``
         (compressed memory, memory, earlier tokens of the segment);
         key_valid: ``[B, P + T]``; r: ``[P + T, H, d]`` projected encodings.
-        Returns the output ``[B, T, D]``, the new keys and values
-        ``[B, H, T, d]`` (for a decoding cache) and the attention usage.
+        Returns the output ``[B, T, D]``, the attention usage, and the new
+        keys and values ``[B, H, T, d]``.
         """
         x = self.attention_input(h)
         k_new, v_new = self.attn.project_kv(x)
         k = torch.cat([prefix_k, k_new], dim=2)
         v = torch.cat([prefix_v, v_new], dim=2)
+        return self._attend_and_feed_forward(h, x, k, v, key_valid, r, want_usage) + (k_new, v_new)
+
+    def step(
+        self,
+        h: Tensor,
+        k_cache: Tensor,
+        v_cache: Tensor,
+        start: int,
+        key_valid: Tensor,
+        r: Tensor,
+        want_usage: bool = False,
+    ) -> tuple[Tensor, Tensor | None]:
+        """Incremental variant of :meth:`forward` for a decoding cache.
+
+        k_cache/v_cache: ``[B, H, K_max, d]`` holding everything before ``h``
+        in ``[:start]``; the new keys/values are written in place at
+        ``[start : start + T]`` (no copy of the prefix) and attended with it.
+        """
+        x = self.attention_input(h)
+        t = h.shape[1]
+        k_new, v_new = self.attn.project_kv(x)
+        k_cache[:, :, start : start + t] = k_new
+        v_cache[:, :, start : start + t] = v_new
+        k, v = k_cache[:, :, : start + t], v_cache[:, :, : start + t]
+        return self._attend_and_feed_forward(h, x, k, v, key_valid, r, want_usage)
+
+    def _attend_and_feed_forward(
+        self, h: Tensor, x: Tensor, k: Tensor, v: Tensor, key_valid: Tensor, r: Tensor, want_usage: bool
+    ) -> tuple[Tensor, Tensor | None]:
         a, usage = self.attn(x, k, v, key_valid, r, want_usage=want_usage)
         if self.pre_norm:
             h = h + self.drop(a)
@@ -76,4 +105,4 @@ class Block(nn.Module):
         else:
             h = self.norm_attn(h + self.drop(a))
             h = self.norm_ff(h + self.drop(self.ff(h)))
-        return h, k_new, v_new, usage
+        return h, usage

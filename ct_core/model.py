@@ -183,7 +183,7 @@ class CompressiveTransformerLM(nn.Module):
             slots, _ = memory.attended(layer)  # [B, C + M, D]
             pk, pv = block.memory_kv(slots)
             r = block.attn.project_positions(pos)
-            h, _, _, u = block(h, pk, pv, key_valid, r, want_usage=want_usage)
+            h, u, _, _ = block(h, pk, pv, key_valid, r, want_usage=want_usage)
             usage.append(u)
         logits = self.head(self.norm_out(h))  # [B, T, V]
         next_memory, aux = self.update_memory(memory, torch.stack(hidden), usage if want_usage else None)

@@ -50,7 +50,7 @@ class IncrementalDecoder:
         self.pos = 0
         self._begin_segment()
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def _begin_segment(self) -> None:
         """Project this segment's memory keys/values once, for all tokens."""
         m, p = self.memory, self.prefix
@@ -63,7 +63,7 @@ class IncrementalDecoder:
         ones = torch.ones(m.batch_size, self.seq_len, dtype=torch.bool, device=m.mem.device)
         self.key_valid = torch.cat([m.cmem_mask, m.mem_mask, ones], dim=1)  # [B, K_max]
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def _step(self, tokens: Tensor) -> Tensor:
         """tokens ``[B, n]`` fitting in the current segment -> logits ``[B, n, V]``."""
         n, s, p = tokens.shape[1], self.pos, self.prefix
@@ -71,22 +71,21 @@ class IncrementalDecoder:
         h = self.model.embed(tokens)  # [B, n, D]
         for layer, blk in enumerate(self.model.blocks):
             self.hidden[layer, :, s : s + n] = h
-            h, k_new, v_new, u = blk(
+            h, u = blk.step(
                 h,
-                self.k[layer][:, :, : p + s],
-                self.v[layer][:, :, : p + s],
+                self.k[layer],
+                self.v[layer],
+                p + s,
                 self.key_valid[:, :keys],
                 self.r[layer][self.n_keys - keys :],
                 want_usage=self.want_usage,
             )
-            self.k[layer][:, :, p + s : p + s + n] = k_new
-            self.v[layer][:, :, p + s : p + s + n] = v_new
             if u is not None:
                 self.usage[layer][:, :keys] += u
         self.pos += n
         return self.model.head(self.model.norm_out(h))
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def _roll(self) -> None:
         """Segment full: update the memories exactly as training does."""
         usage = self.usage if self.want_usage else None
@@ -94,7 +93,7 @@ class IncrementalDecoder:
         self.pos = 0
         self._begin_segment()
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def feed(self, tokens: Tensor) -> Tensor:
         """Consume ``tokens`` ``[B, n]`` (any n); return their logits ``[B, n, V]``."""
         outs, i, n = [], 0, tokens.shape[1]
@@ -137,7 +136,7 @@ def sample_next(
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def generate(
     model: CompressiveTransformerLM,
     prompt: Tensor,
