@@ -293,12 +293,18 @@ class TextFrontEnd(FrontEnd):
 
     def decode(self, tokens: np.ndarray, out: Path, prompt_len: int) -> list[Path]:
         """Write each stream of ``tokens`` ``[B, P + N]``, prompt included, as
-        the raw bytes it decodes to: to ``out`` itself when ``B == 1``, else
-        to ``out/sample_000.txt``, ``out/sample_001.txt``, ..."""
+        the raw bytes it decodes to: to ``out`` itself for one stream and a
+        file name with a suffix (``story.txt``), else into folder ``out``
+        (``x.txt`` with several streams becomes folder ``x``) as
+        ``sample_000.txt``, ``sample_001.txt``, ..."""
         tokens = np.asarray(tokens)
         tokens = tokens.reshape(1, -1) if tokens.ndim == 1 else tokens  # [B, T]
         out = Path(out)
-        paths = [out] if tokens.shape[0] == 1 else [out / f"sample_{i:03d}.txt" for i in range(tokens.shape[0])]
+        if tokens.shape[0] == 1 and out.suffix:
+            paths = [out]
+        else:
+            folder = out.with_suffix("")
+            paths = [folder / f"sample_{i:03d}.txt" for i in range(tokens.shape[0])]
         tokenizer = self._require_tokenizer()
         for path, row in zip(paths, tokens):
             path.parent.mkdir(parents=True, exist_ok=True)
