@@ -72,7 +72,8 @@ class TrainerConfig:
     keep_last: int = 3
     max_nonfinite: int = 5
     final_eval: bool = True
-    sample_tokens: int = 0  # tokens sampled at the end (and logged at evals); 0 = none
+    sample_tokens: int = 0  # tokens sampled into <run>/samples/ at the end; 0 = none
+    eval_sample_tokens: int = 0  # tokens sampled for TensorBoard at each evaluation; 0 = none
     sample_batch: int = 2
     threads: int | None = None  # CPU threads for torch; None = torch's default
 

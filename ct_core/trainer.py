@@ -108,7 +108,6 @@ class Trainer:
         self.memories: list[MemoryState | None] = [None] * t.grad_accum
         self.step = 0
         self.tokens_seen = 0
-        self.last_samples: tuple[int, np.ndarray] | None = None  # (step, tokens [B, 1 + N])
         self.checkpoints = CheckpointManager(self.run_dir / "checkpoints", keep_last=t.keep_last)
         self.logger = MetricLogger(self.run_dir, total_steps=t.steps, enabled=self.ctx.is_main,
                                    log_every=t.log_every)
@@ -244,7 +243,8 @@ class Trainer:
         return out.cpu().numpy()
 
     def fit(self) -> dict[str, float]:
-        """Train to ``trainer.steps``; returns the final evaluation metrics."""
+        """Train to ``trainer.steps``; returns the final evaluation metrics.
+        Final samples (``trainer.sample_tokens``) are the caller's to write."""
         t = self.cfg.trainer
         self.logger.message(
             f"{self.model.num_parameters():,} parameters | {t.batch_size} lanes x {self.cfg.model.seq_len} tokens "
@@ -287,8 +287,7 @@ class Trainer:
         self.logger.log(self.step, metrics, split="valid")
         shown = " | ".join(f"{k} {v:.4g}" for k, v in metrics.items() if isinstance(v, float))
         self.logger.message(f"eval step {self.step}: {shown}")
-        if self.cfg.trainer.sample_tokens > 0 and self.ctx.is_main:
-            self.last_samples = (self.step, self.sample(self.cfg.trainer.sample_tokens))
-            if self.logger.writer is not None:
-                self.frontend.log_samples(self.logger.writer, self.last_samples[1], self.step)
+        n = self.cfg.trainer.eval_sample_tokens
+        if n > 0 and self.ctx.is_main and self.logger.writer is not None:
+            self.frontend.log_samples(self.logger.writer, self.sample(n), self.step)
         return metrics

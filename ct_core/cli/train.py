@@ -69,10 +69,7 @@ def _report(trainer, metrics: dict[str, float], run_dir: Path) -> None:
     lines = [f"checkpoint: {ckpt}"]
     n = trainer.cfg.trainer.sample_tokens
     if n > 0:
-        if trainer.last_samples is not None and trainer.last_samples[0] == trainer.step:
-            tokens = trainer.last_samples[1]
-        else:
-            tokens = trainer.sample(n)
+        tokens = trainer.sample(n)  # [sample_batch, 1 + n]
         paths = trainer.frontend.decode(tokens, run_dir / "samples" / f"step_{trainer.step:08d}", prompt_len=1)
         lines += [f"sample: {p}" for p in paths]
     shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}

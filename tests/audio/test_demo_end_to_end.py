@@ -15,7 +15,7 @@ from tests.conftest import run_cli
 
 CUT_DOWN = ["model.n_layers=2", "model.d_model=48", "model.n_heads=2", "model.d_ff=96", "memory.seq_len=64",
             "memory.mem_len=64", "memory.cmem_len=32", "trainer.steps=40", "trainer.log_every=10",
-            "trainer.eval_every=40", "trainer.save_every=40", "trainer.sample_tokens=800", "optim.lr=3e-3", "optim.warmup_steps=5"]
+            "trainer.eval_every=40", "trainer.save_every=40", "trainer.sample_tokens=800", "trainer.eval_sample_tokens=200", "optim.lr=3e-3", "optim.warmup_steps=5"]
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +39,15 @@ def test_demo_trains_and_writes_audio(demo_run):
     info = sf.info(wavs[0])
     assert info.samplerate == 8000 and info.frames == 801 and info.subtype == "PCM_16"
     assert "next: ct-sample" in proc.stdout
+
+
+def test_evaluation_logs_audio_and_spectrograms_to_tensorboard(demo_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_dir, _ = demo_run
+    events = EventAccumulator(str(run_dir / "tb"), size_guidance={"audio": 0, "images": 0}).Reload()
+    assert events.Tags()["audio"] and events.Tags()["images"]
+    assert "valid/bits_per_sample" in events.Tags()["scalars"]
 
 
 def test_eval_counts_every_sample_once(demo_run):
