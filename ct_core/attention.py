@@ -27,6 +27,21 @@ from torch import Tensor, nn
 from ct_core.relative_position import rel_shift
 
 
+def attention_mask(key_valid: Tensor, n_queries: int, dtype: torch.dtype) -> Tensor:
+    """Additive mask ``[B, 1, T, K]``: 0 where query ``i`` may see key ``j``,
+    ``-inf`` for empty memory slots (key_valid ``[B, K]`` False) and for the
+    future. The queries are the last ``T`` keys, so query ``i`` sits at key
+    index ``K - T + i``."""
+    n_keys = key_valid.shape[1]
+    device = key_valid.device
+    causal = torch.arange(n_keys, device=device)[None, :] <= (
+        torch.arange(n_queries, device=device)[:, None] + (n_keys - n_queries)
+    )  # [T, K]
+    allowed = causal[None, :, :] & key_valid[:, None, :]  # [B, T, K]
+    zero = torch.zeros((), dtype=dtype, device=device)
+    return torch.where(allowed, zero, float("-inf"))[:, None, :, :]
+
+
 class RelativeMultiHeadAttention(nn.Module):
     """Attention of ``T`` queries over ``K`` keys ``[cmem; mem; segment]``."""
 
@@ -62,33 +77,26 @@ class RelativeMultiHeadAttention(nn.Module):
         x: Tensor,
         k: Tensor,
         v: Tensor,
-        key_valid: Tensor,
+        mask: Tensor,
         r: Tensor,
         want_usage: bool = False,
     ) -> tuple[Tensor, Tensor | None]:
         """Attend the last ``T`` key positions' queries over all ``K`` keys.
 
         x: ``[B, T, D]`` normalised query inputs; k, v: ``[B, H, K, d]`` with
-        the queries' own keys last; key_valid: ``[B, K]`` bool (empty memory
-        slots are False); r: ``[K, H, d]`` projected encodings of distances
+        the queries' own keys last; mask: ``[B, 1, T, K]`` additive, from
+        :func:`attention_mask` (shared by all layers); r: ``[K, H, d]``
+        projected encodings of distances
         ``K-1 .. 0``. Returns the output ``[B, T, D]`` and, if
         ``want_usage``, the attention mass per key summed over heads and
         queries ``[B, K]`` (for ``most_used`` compression).
         """
         b, t, _ = x.shape
-        n_keys = k.shape[2]
         q = self._heads(self.w_q(x))  # [B, H, T, d]
         bd = torch.einsum("bhtd,khd->bhtk", q + self.v[:, None, :], r)  # [B, H, T, K]
-        if t == 1:
-            allowed = key_valid[:, None, :]  # a lone query is the newest key: nothing is future
-        else:
+        if t > 1:  # a lone query needs no shift: its distances already descend
             bd = rel_shift(bd)
-            # Query i sits at key index K - T + i; later keys are its future.
-            causal = torch.arange(n_keys, device=x.device)[None, :] <= (
-                torch.arange(t, device=x.device)[:, None] + (n_keys - t)
-            )  # [T, K]
-            allowed = causal[None, :, :] & key_valid[:, None, :]  # [B, T, K]
-        bias = torch.where(allowed[:, None, :, :], bd * self.scale, float("-inf"))  # [B, H, T, K]
+        bias = bd * self.scale + mask  # [B, H, T, K]
         qu = q + self.u[:, None, :]
         usage = None
         if want_usage:

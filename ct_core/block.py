@@ -53,7 +53,7 @@ class Block(nn.Module):
         h: Tensor,
         prefix_k: Tensor,
         prefix_v: Tensor,
-        key_valid: Tensor,
+        mask: Tensor,
         r: Tensor,
         want_usage: bool = False,
     ) -> tuple[Tensor, Tensor | None, Tensor, Tensor]:
@@ -61,7 +61,7 @@ class Block(nn.Module):
 
         prefix_k/v: ``[B, H, P, d]`` keys/values of everything before ``h``
         (compressed memory, memory, earlier tokens of the segment);
-        key_valid: ``[B, P + T]``; r: ``[P + T, H, d]`` projected encodings.
+        mask: ``[B, 1, T, P + T]`` from :func:`attention_mask`; r: ``[P + T, H, d]`` projected encodings.
         Returns the output ``[B, T, D]``, the attention usage, and the new
         keys and values ``[B, H, T, d]``.
         """
@@ -69,7 +69,7 @@ class Block(nn.Module):
         k_new, v_new = self.attn.project_kv(x)
         k = torch.cat([prefix_k, k_new], dim=2)
         v = torch.cat([prefix_v, v_new], dim=2)
-        return self._attend_and_feed_forward(h, x, k, v, key_valid, r, want_usage) + (k_new, v_new)
+        return self._attend_and_feed_forward(h, x, k, v, mask, r, want_usage) + (k_new, v_new)
 
     def step(
         self,
@@ -77,7 +77,7 @@ class Block(nn.Module):
         k_cache: Tensor,
         v_cache: Tensor,
         start: int,
-        key_valid: Tensor,
+        mask: Tensor,
         r: Tensor,
         want_usage: bool = False,
     ) -> tuple[Tensor, Tensor | None]:
@@ -93,12 +93,12 @@ class Block(nn.Module):
         k_cache[:, :, start : start + t] = k_new
         v_cache[:, :, start : start + t] = v_new
         k, v = k_cache[:, :, : start + t], v_cache[:, :, : start + t]
-        return self._attend_and_feed_forward(h, x, k, v, key_valid, r, want_usage)
+        return self._attend_and_feed_forward(h, x, k, v, mask, r, want_usage)
 
     def _attend_and_feed_forward(
-        self, h: Tensor, x: Tensor, k: Tensor, v: Tensor, key_valid: Tensor, r: Tensor, want_usage: bool
+        self, h: Tensor, x: Tensor, k: Tensor, v: Tensor, mask: Tensor, r: Tensor, want_usage: bool
     ) -> tuple[Tensor, Tensor | None]:
-        a, usage = self.attn(x, k, v, key_valid, r, want_usage=want_usage)
+        a, usage = self.attn(x, k, v, mask, r, want_usage=want_usage)
         if self.pre_norm:
             h = h + self.drop(a)
             h = h + self.drop(self.ff(self.norm_ff(h)))

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from ct_core.attention import attention_mask
 from ct_core.block import Block
 from ct_core.compression import MostUsedCompressor, build_compressor
 from ct_core.compression_loss import AutoencodingDecoder, attention_reconstruction_loss, autoencoding_loss
@@ -177,13 +178,14 @@ class CompressiveTransformerLM(nn.Module):
         key_valid = torch.cat(
             [memory.cmem_mask, memory.mem_mask, torch.ones(b, t, dtype=torch.bool, device=tokens.device)], dim=1
         )  # [B, K]
+        mask = attention_mask(key_valid, t, h.dtype)  # [B, 1, T, K], shared by every layer
         hidden, usage = [], []
         for layer, block in enumerate(self.blocks):
             hidden.append(h)
             slots, _ = memory.attended(layer)  # [B, C + M, D]
             pk, pv = block.memory_kv(slots)
             r = block.attn.project_positions(pos)
-            h, u, _, _ = block(h, pk, pv, key_valid, r, want_usage=want_usage)
+            h, u, _, _ = block(h, pk, pv, mask, r, want_usage=want_usage)
             usage.append(u)
         logits = self.head(self.norm_out(h))  # [B, T, V]
         next_memory, aux = self.update_memory(memory, torch.stack(hidden), usage if want_usage else None)

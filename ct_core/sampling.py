@@ -20,6 +20,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from ct_core.attention import attention_mask
 from ct_core.memory import MemoryState
 from ct_core.model import CompressiveTransformerLM
 
@@ -69,6 +70,7 @@ class IncrementalDecoder:
         n, s, p = tokens.shape[1], self.pos, self.prefix
         keys = p + s + n
         h = self.model.embed(tokens)  # [B, n, D]
+        mask = attention_mask(self.key_valid[:, :keys], n, h.dtype)  # [B, 1, n, keys]
         for layer, blk in enumerate(self.model.blocks):
             self.hidden[layer, :, s : s + n] = h
             h, u = blk.step(
@@ -76,7 +78,7 @@ class IncrementalDecoder:
                 self.k[layer],
                 self.v[layer],
                 p + s,
-                self.key_valid[:, :keys],
+                mask,
                 self.r[layer][self.n_keys - keys :],
                 want_usage=self.want_usage,
             )
