@@ -99,10 +99,13 @@ class RelativeMultiHeadAttention(nn.Module):
         bias = bd * self.scale + mask  # [B, H, T, K]
         qu = q + self.u[:, None, :]
         usage = None
-        if want_usage:
+        # Decoding steps (a few queries) run faster as plain matmuls than
+        # through the fused kernel, whose per-call set-up dominates there.
+        if want_usage or t <= 4:
             scores = torch.matmul(qu, k.transpose(-1, -2)) * self.scale + bias  # [B, H, T, K]
             probs = scores.float().softmax(dim=-1).to(v.dtype)
-            usage = probs.float().sum(dim=(1, 2))  # [B, K]
+            if want_usage:
+                usage = probs.float().sum(dim=(1, 2))  # [B, K]
             if self.training and self.attn_dropout > 0:
                 probs = F.dropout(probs, self.attn_dropout)
             out = torch.matmul(probs, v)
