@@ -14,6 +14,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -215,11 +216,8 @@ class Trainer:
                 "lr": lr, "grad_norm": grad_norm, "tokens": n_global}
 
     def _maybe_no_sync(self, sync: bool):
-        if sync:
-            import contextlib
-
-            return contextlib.nullcontext()
-        return self.forward.no_sync()
+        """DDP all-reduces gradients only on the last micro-batch of a step."""
+        return contextlib.nullcontext() if sync else self.forward.no_sync()
 
     def run_eval(self, split: str, max_batches: int | None) -> dict[str, float]:
         docs = self.valid_docs if split == "valid" else self.frontend.documents(split)
