@@ -8,6 +8,8 @@ they *are* earlier inputs of this layer.
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 from torch import Tensor, nn
 
@@ -51,25 +53,24 @@ class Block(nn.Module):
     def forward(
         self,
         h: Tensor,
-        prefix_k: Tensor,
-        prefix_v: Tensor,
+        slots: Sequence[Tensor],
         mask: Tensor,
         r: Tensor,
         want_usage: bool = False,
-    ) -> tuple[Tensor, Tensor | None, Tensor, Tensor]:
-        """Run the layer on new positions ``h`` ``[B, T, D]``.
+    ) -> tuple[Tensor, Tensor | None]:
+        """Run the layer on a segment ``h`` ``[B, T, D]``.
 
-        prefix_k/v: ``[B, H, P, d]`` keys/values of everything before ``h``
-        (compressed memory, memory, earlier tokens of the segment);
-        mask: ``[B, 1, T, P + T]`` from :func:`attention_mask`; r: ``[P + T, H, d]`` projected encodings.
-        Returns the output ``[B, T, D]``, the attention usage, and the new
-        keys and values ``[B, H, T, d]``.
+        slots: this layer's memory as attended, ``[B, C, D]`` compressed
+        memory then ``[B, M, D]`` memory (``P = C + M``); mask: ``[B, 1, T, P + T]`` from
+        :func:`attention_mask`; r: ``[P + T, H, d]`` projected encodings.
+        Memory and segment are normalised and projected together (one norm,
+        one key/value matmul). Returns the output ``[B, T, D]`` and the
+        attention usage.
         """
-        x = self.attention_input(h)
-        k_new, v_new = self.attn.project_kv(x)
-        k = torch.cat([prefix_k, k_new], dim=2)
-        v = torch.cat([prefix_v, v_new], dim=2)
-        return self._attend_and_feed_forward(h, x, k, v, mask, r, want_usage) + (k_new, v_new)
+        t = h.shape[1]
+        x_all = self.attention_input(torch.cat([*slots, h], dim=1))  # [B, P + T, D]
+        k, v = self.attn.project_kv(x_all)
+        return self._attend_and_feed_forward(h, x_all[:, x_all.shape[1] - t :], k, v, mask, r, want_usage)
 
     def step(
         self,

@@ -182,10 +182,8 @@ class CompressiveTransformerLM(nn.Module):
         hidden, usage = [], []
         for layer, block in enumerate(self.blocks):
             hidden.append(h)
-            slots, _ = memory.attended(layer)  # [B, C + M, D]
-            pk, pv = block.memory_kv(slots)
             r = block.attn.project_positions(pos)
-            h, u, _, _ = block(h, pk, pv, mask, r, want_usage=want_usage)
+            h, u = block(h, (memory.cmem[layer], memory.mem[layer]), mask, r, want_usage=want_usage)
             usage.append(u)
         logits = self.head(self.norm_out(h))  # [B, T, V]
         next_memory, aux = self.update_memory(memory, torch.stack(hidden), usage if want_usage else None)
