@@ -120,27 +120,28 @@ class RelativeMultiHeadAttention(nn.Module):
         out = out.transpose(1, 2).reshape(b, t, -1)
         return self.w_o(out), usage
 
-    def content_attention(self, x: Tensor, kv: Tensor, kv_valid: Tensor, frozen: bool) -> Tensor:
-        """Position-free attention of ``x`` ``[B, T, D]`` over ``kv`` ``[B, S, D]``.
+    def frozen_query(self, x: Tensor) -> Tensor:
+        """Queries ``[B, H, T, d]`` of normalised ``x`` ``[B, T, D]`` through a
+        detached copy of the weight (for :meth:`content_attention`)."""
+        return self._heads(F.linear(x, self.w_q.weight.detach()))
 
-        Both inputs are already normalised. With ``frozen`` every projection
-        is used through a detached copy of its weight, so a loss on the
-        output trains nothing of this layer (the paper's stop-gradient on the
-        attention weights in Algorithm 2). kv_valid: ``[B, S]`` bool; rows
-        with no valid slot produce zeros.
+    def content_attention(self, q: Tensor, kv: Tensor, kv_valid: Tensor) -> Tensor:
+        """Position-free attention of queries ``q`` (:meth:`frozen_query`)
+        over normalised ``kv`` ``[B, S, D]`` -> ``[B, T, D]``.
+
+        Every projection is used through a detached copy of its weight, so a
+        loss on the output trains nothing of this layer (the paper's
+        stop-gradient on the attention weights in Algorithm 2); gradients
+        reach ``kv`` only. kv_valid: ``[B, S]`` bool; rows with no valid slot
+        produce zeros.
         """
-
-        def w(p: Tensor) -> Tensor:
-            return p.detach() if frozen else p
-
-        q = self._heads(F.linear(x, w(self.w_q.weight)))
-        k, v = F.linear(kv, w(self.w_kv.weight)).chunk(2, dim=-1)
+        k, v = F.linear(kv, self.w_kv.weight.detach()).chunk(2, dim=-1)
         k, v = self._heads(k), self._heads(v)
         row_has_keys = kv_valid.any(dim=-1)  # [B]
         # A row with no valid key would softmax over nothing; let it see all
         # keys and zero its output afterwards instead of producing NaNs.
         mask = (kv_valid | ~row_has_keys[:, None])[:, None, None, :]  # [B, 1, 1, S]
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        out = out.transpose(1, 2).reshape(x.shape[0], x.shape[1], -1)
-        out = F.linear(out, w(self.w_o.weight))
+        out = out.transpose(1, 2).reshape(q.shape[0], q.shape[2], -1)
+        out = F.linear(out, self.w_o.weight.detach())
         return out * row_has_keys[:, None, None].to(out.dtype)

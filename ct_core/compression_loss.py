@@ -51,9 +51,10 @@ def attention_reconstruction_loss(
             return x
         return F.layer_norm(x, norm.normalized_shape, norm.weight.detach(), norm.bias.detach(), norm.eps)
 
-    q = normed(h)
-    target = attn.content_attention(q, normed(old), old_mask, frozen=True)
-    recon = attn.content_attention(q, normed(compressed), compressed_mask, frozen=True)
+    q = attn.frozen_query(normed(h))  # shared by both attentions
+    with torch.no_grad():  # the target depends on nothing trainable
+        target = attn.content_attention(q, normed(old), old_mask)
+    recon = attn.content_attention(q, normed(compressed), compressed_mask)
     row_weight = old_mask.any(dim=1).to(h.dtype)  # rows with nothing evicted teach nothing
     return _masked_row_mean((target.float() - recon.float()) ** 2, row_weight.float())
 
