@@ -18,7 +18,10 @@ def test_opens_with_the_demo_and_the_test_blocks():
 
 def test_python_example_runs():
     code = next(body for lang, body in BLOCKS if lang == "python")
-    exec(compile(code, "README.md", "exec"), {})
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    assert tuple(namespace["seq"].shape) == (2, 25)
+    assert tuple(namespace["memory"].cmem.shape) == (2, 2, 8, 64)
 
 
 def test_every_experiment_named_exists():

@@ -62,7 +62,7 @@ def test_export_safetensors_matches_checkpoint(smoke_run, tmp_path):
     assert weights.keys() == model.keys() and all(torch.equal(weights[k], model[k]) for k in model)
 
 
-def one_line_error(proc, *needles):
+def assert_one_line_error(proc, *needles):
     assert proc.returncode != 0
     err = proc.stderr.strip()
     assert "Traceback" not in err and len(err.splitlines()) == 1, err
@@ -72,22 +72,22 @@ def one_line_error(proc, *needles):
 
 def test_unknown_override_is_one_line(tmp_path):
     proc = run_cli("ct-train", "experiment=smoke/synthetic", "trainer.stepz=3", check=False, cwd=tmp_path)
-    one_line_error(proc, "trainer.stepz")
+    assert_one_line_error(proc, "trainer.stepz")
 
 
 def test_missing_and_corrupted_checkpoints_are_one_line(tmp_path):
-    one_line_error(run_cli("ct-eval", str(tmp_path / "nope.pt"), check=False), "nope.pt", "no such checkpoint")
+    assert_one_line_error(run_cli("ct-eval", str(tmp_path / "nope.pt"), check=False), "nope.pt", "no such checkpoint")
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint at all")
-    one_line_error(run_cli("ct-eval", str(bad), check=False), "bad.pt")
-    one_line_error(run_cli("ct-sample", str(bad), check=False), "bad.pt")
+    assert_one_line_error(run_cli("ct-eval", str(bad), check=False), "bad.pt")
+    assert_one_line_error(run_cli("ct-sample", str(bad), check=False), "bad.pt")
 
 
 def test_resume_from_mismatching_checkpoint_is_one_line(smoke_run, tmp_path):
     run_dir, _ = smoke_run
     proc = run_cli("ct-train", "experiment=smoke/synthetic", "model.d_model=48", f"hydra.run.dir={tmp_path}",
                    f"resume={run_dir / 'checkpoints' / 'last.pt'}", check=False, cwd=tmp_path)
-    one_line_error(proc, "model.d_model=32", "model.d_model=48")
+    assert_one_line_error(proc, "model.d_model=32", "model.d_model=48")
 
 
 def test_help_explains_with_an_example():

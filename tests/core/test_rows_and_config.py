@@ -78,7 +78,8 @@ def test_config_errors_name_the_option(change, message):
 
 
 def test_no_compression_accepts_any_rate():
-    ModelConfig(**{**BASE, "cmem_len": 0, "seq_len": 9, "compression": "mean_pool"}).validate()
+    cfg = ModelConfig(**{**BASE, "cmem_len": 0, "seq_len": 9, "compression": "mean_pool"})
+    assert cfg.validate() is cfg and not cfg.compresses
 
 
 def test_from_dict_rejects_unknown_keys():
