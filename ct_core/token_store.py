@@ -76,10 +76,6 @@ class TokenStoreWriter:
         self._files[split].write(arr.tobytes())
         self._offsets[split].append(self._offsets[split][-1] + arr.size)
 
-    def add_all(self, split: str, documents: Iterable[np.ndarray]) -> None:
-        for doc in documents:
-            self.add(split, doc)
-
     def finish(self, manifest: Mapping[str, Any], splits: Iterable[str] = ()) -> Path:
         """Write the index and manifest, then move the store into place.
         ``splits`` names splits that must exist even when empty."""

@@ -60,10 +60,3 @@ def compose_recipe(overrides: Sequence[str], prog: str) -> dict[str, Any]:
         if unknown:
             line = f"{unknown.group(1)} is not an option of this recipe"
         raise ConfigError(f"{line} (see `{prog} --cfg job` for the options)") from None
-
-
-def split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
-    """``key=value`` words and the rest."""
-    overrides = [a for a in argv if "=" in a and not a.startswith("-")]
-    rest = [a for a in argv if a not in overrides]
-    return overrides, rest
