@@ -16,6 +16,11 @@ update is compile-friendly; a reset row only has its slots cleared. When
 ``T`` is not a multiple of ``c`` (the short end of a stream), ``old`` is
 padded at its oldest end with empty slots.
 
+Under ``compression_loss=bptt`` the last line is deferred: the evicted block
+waits in ``pending`` (detached) and the next forward compresses it inside its
+own graph, so the language-model loss of that segment trains f_c while no
+graph ever outlives an optimizer step.
+
 Example::
 
     state = MemoryState.empty(n_layers=2, batch_size=3, mem_len=8, cmem_len=4, d_model=16)
@@ -54,6 +59,8 @@ class MemoryState:
     mem_mask: Tensor  # [B, M] bool, True = filled
     cmem: Tensor  # [L, B, C, D]
     cmem_mask: Tensor  # [B, C] bool
+    pending: Tensor | None = None  # [L, B, T', D] evicted, not yet compressed (bptt only)
+    pending_mask: Tensor | None = None  # [B, T'] bool
 
     @classmethod
     def empty(
@@ -65,13 +72,21 @@ class MemoryState:
         d_model: int,
         device: torch.device | str | None = None,
         dtype: torch.dtype = torch.float32,
+        pending_len: int = 0,
     ) -> "MemoryState":
-        """All slots empty (zeros, masked)."""
+        """All slots empty (zeros, masked). ``pending_len > 0`` adds an empty
+        pending block (bptt), so every forward runs the compressor."""
+        pending = pending_mask = None
+        if pending_len > 0:
+            pending = torch.zeros(n_layers, batch_size, pending_len, d_model, device=device, dtype=dtype)
+            pending_mask = torch.zeros(batch_size, pending_len, dtype=torch.bool, device=device)
         return cls(
             mem=torch.zeros(n_layers, batch_size, mem_len, d_model, device=device, dtype=dtype),
             mem_mask=torch.zeros(batch_size, mem_len, dtype=torch.bool, device=device),
             cmem=torch.zeros(n_layers, batch_size, cmem_len, d_model, device=device, dtype=dtype),
             cmem_mask=torch.zeros(batch_size, cmem_len, dtype=torch.bool, device=device),
+            pending=pending,
+            pending_mask=pending_mask,
         )
 
     @property
@@ -91,14 +106,19 @@ class MemoryState:
         return self.cmem.shape[2]
 
     def detach(self) -> "MemoryState":
-        return MemoryState(self.mem.detach(), self.mem_mask, self.cmem.detach(), self.cmem_mask)
+        pending = None if self.pending is None else self.pending.detach()
+        return MemoryState(self.mem.detach(), self.mem_mask, self.cmem.detach(), self.cmem_mask, pending,
+                           self.pending_mask)
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "MemoryState":
+        has_pending = self.pending is not None
         return MemoryState(
             self.mem.to(device=device, dtype=dtype),
             self.mem_mask.to(device=device),
             self.cmem.to(device=device, dtype=dtype),
             self.cmem_mask.to(device=device),
+            self.pending.to(device=device, dtype=dtype) if has_pending else None,
+            self.pending_mask.to(device=device) if has_pending else None,
         )
 
     def reset_rows(self, reset: Tensor) -> "MemoryState":
@@ -109,11 +129,18 @@ class MemoryState:
         """
         keep = ~reset.to(device=self.mem.device, dtype=torch.bool)  # [B]
         row = keep[None, :, None, None]
+
+        def cleared(x: Tensor) -> Tensor:
+            return torch.where(row, x, torch.zeros((), dtype=x.dtype, device=x.device))
+
+        has_pending = self.pending is not None
         return MemoryState(
-            mem=torch.where(row, self.mem, torch.zeros((), dtype=self.mem.dtype, device=self.mem.device)),
+            mem=cleared(self.mem),
             mem_mask=self.mem_mask & keep[:, None],
-            cmem=torch.where(row, self.cmem, torch.zeros((), dtype=self.cmem.dtype, device=self.cmem.device)),
+            cmem=cleared(self.cmem),
             cmem_mask=self.cmem_mask & keep[:, None],
+            pending=cleared(self.pending) if has_pending else None,
+            pending_mask=self.pending_mask & keep[:, None] if has_pending else None,
         )
 
     def attended(self, layer: int) -> tuple[Tensor, Tensor]:
@@ -147,25 +174,38 @@ class MemoryState:
         """Algorithm 1's last line: append ``new_cmem`` ``[L, B, T'/c, D]``
         (mask ``[B, T'/c]``) to the compressed memory and keep the newest
         ``cmem_len`` slots. With ``cmem_len = 0`` nothing is compressed."""
+        cmem, cmem_mask = self.appended(new_cmem, new_cmem_mask)
+        return MemoryState(eviction.mem, eviction.mem_mask, cmem, cmem_mask)
+
+    def with_pending(self, eviction: Eviction) -> "MemoryState":
+        """Algorithm 1 with its last line deferred: the FIFO memory moves on
+        and the evicted block waits in ``pending`` for the next forward."""
+        return MemoryState(eviction.mem, eviction.mem_mask, self.cmem, self.cmem_mask, eviction.old,
+                           eviction.old_mask)
+
+    def with_compressed_pending(self, new_cmem: Tensor, new_cmem_mask: Tensor) -> "MemoryState":
+        """The deferred last line of Algorithm 1: ``new_cmem`` ``[L, B, T'/c, D]``
+        is ``f_c(pending)``; it joins the compressed memory, ``pending`` clears."""
+        cmem, cmem_mask = self.appended(new_cmem, new_cmem_mask)
+        return MemoryState(self.mem, self.mem_mask, cmem, cmem_mask)
+
+    def appended(self, new_cmem: Tensor | None, new_cmem_mask: Tensor | None) -> tuple[Tensor, Tensor]:
+        """The newest ``cmem_len`` slots of ``[cmem; new_cmem]`` and their mask."""
         c = self.cmem_len
         if c == 0 or new_cmem is None:
-            return MemoryState(eviction.mem, eviction.mem_mask, self.cmem, self.cmem_mask)
+            return self.cmem, self.cmem_mask
         cmem = torch.cat([self.cmem, new_cmem.to(self.cmem.dtype)], dim=2)
         cmem_mask = torch.cat([self.cmem_mask, new_cmem_mask], dim=1)
-        return MemoryState(
-            eviction.mem, eviction.mem_mask, cmem[:, :, cmem.shape[2] - c :], cmem_mask[:, cmem_mask.shape[1] - c :]
-        )
+        return cmem[:, :, cmem.shape[2] - c :], cmem_mask[:, cmem_mask.shape[1] - c :]
 
     def state_dict(self) -> dict[str, Tensor]:
-        return {"mem": self.mem, "mem_mask": self.mem_mask, "cmem": self.cmem, "cmem_mask": self.cmem_mask}
+        state = {"mem": self.mem, "mem_mask": self.mem_mask, "cmem": self.cmem, "cmem_mask": self.cmem_mask}
+        if self.pending is not None:
+            state.update(pending=self.pending, pending_mask=self.pending_mask)
+        return state
 
     @classmethod
     def from_state_dict(cls, state: dict[str, Tensor]) -> "MemoryState":
-        return cls(state["mem"], state["mem_mask"], state["cmem"], state["cmem_mask"])
+        return cls(state["mem"], state["mem_mask"], state["cmem"], state["cmem_mask"], state.get("pending"),
+                   state.get("pending_mask"))
 
-
-def compressed_mask(old_mask: Tensor, compression_rate: int) -> Tensor:
-    """A compressed slot is valid if any of its ``c`` source slots was:
-    ``[B, T']`` -> ``[B, T' / c]``."""
-    b, t = old_mask.shape
-    return old_mask.view(b, t // compression_rate, compression_rate).any(dim=-1)

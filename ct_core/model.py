@@ -25,17 +25,17 @@ from torch import Tensor, nn
 
 from ct_core.attention import attention_mask
 from ct_core.block import Block
-from ct_core.compression import MostUsedCompressor, build_compressor
+from ct_core.compression import build_compressor
 from ct_core.compression_loss import AutoencodingDecoder, attention_reconstruction_loss, autoencoding_loss
 from ct_core.config import ModelConfig
-from ct_core.memory import MemoryState, compressed_mask
+from ct_core.memory import MemoryState
 from ct_core.relative_position import sinusoid_positions
 
 
 @dataclass
 class LMOutput:
     logits: Tensor  # [B, T, vocab_size]
-    memory: MemoryState  # to pass to the next segment (detached, except under bptt)
+    memory: MemoryState  # to pass to the next segment (detached)
     aux_loss: Tensor  # scalar compression loss; 0 when there is none
 
 
@@ -64,6 +64,10 @@ class CompressiveTransformerLM(nn.Module):
         self.apply(self._init_weights)
         for comp in self.compressors:
             self._init_as_mean_pool(comp)
+        if cfg.compression_loss == "none":
+            # No loss reaches f_c (stored memories are detached): its weights
+            # stay at their initialisation, so they are not trained at all.
+            self.compressors.requires_grad_(False)
         if cfg.tie_embeddings:
             self.head.weight = self.embed.weight
 
@@ -77,16 +81,16 @@ class CompressiveTransformerLM(nn.Module):
     def _init_as_mean_pool(comp: nn.Module) -> None:
         """Start convolutional compressors as mean pooling over their taps, a
         sensible f_c from step 0 that the compression loss then refines."""
-        conv = getattr(comp, "conv", None)
-        if conv is None:
-            return
-        with torch.no_grad():
-            conv.weight.zero_()
-            k = conv.kernel_size[0]
-            eye = torch.eye(conv.in_channels, dtype=conv.weight.dtype) / k
-            for tap in range(k):
-                conv.weight[:, :, tap] = eye
-            conv.bias.zero_()
+        for conv in comp.modules():
+            if not isinstance(conv, nn.Conv1d):
+                continue
+            with torch.no_grad():
+                conv.weight.zero_()
+                k = conv.kernel_size[0]
+                eye = torch.eye(conv.in_channels, dtype=conv.weight.dtype) / k
+                for tap in range(k):
+                    conv.weight[:, :, tap] = eye
+                conv.bias.zero_()
 
     # ---------------------------------------------------------------- memory
     def empty_memory(
@@ -105,7 +109,16 @@ class CompressiveTransformerLM(nn.Module):
         if cmem_len > 0 and not cfg.compresses:
             raise ValueError("cmem_len > 0 needs a model trained with compression (model.cmem_len > 0)")
         device = device if device is not None else self.embed.weight.device
-        return MemoryState.empty(cfg.n_layers, batch_size, mem_len, cmem_len, cfg.d_model, device, dtype)
+        # bptt starts with an empty pending block, so that the compressor
+        # takes part in every training forward (the same graph on every step).
+        pending_len = cfg.seq_len if cmem_len > 0 and cfg.compression_loss == "bptt" else 0
+        return MemoryState.empty(cfg.n_layers, batch_size, mem_len, cmem_len, cfg.d_model, device, dtype,
+                                 pending_len=pending_len)
+
+    @property
+    def needs_usage(self) -> bool:
+        """Whether the compressor needs the attention each memory received."""
+        return bool(self.compressors) and self.compressors[0].needs_usage
 
     def positions(self, n_keys: int, device: torch.device, dtype: torch.dtype) -> Tensor:
         """Sinusoidal encodings of distances ``n_keys-1 .. 0``: ``[K, D]``."""
@@ -118,28 +131,33 @@ class CompressiveTransformerLM(nn.Module):
 
         hidden: ``[L, B, T, D]`` the segment's layer inputs; usage: per layer
         ``[B, C + M + T]`` attention mass per key (``most_used`` only).
-        Returns the next memory and the auxiliary loss (scalar).
+        Returns the next memory (detached) and the auxiliary loss (scalar).
+
+        With ``compression_loss=bptt`` and gradients enabled the evicted
+        block is not compressed here but kept in ``pending``: the next
+        forward compresses it inside its own graph (see :meth:`compress_pending`).
         """
         cfg = self.cfg
         zero = hidden.new_zeros((), dtype=torch.float32)
         t = hidden.shape[2]
+        memory = self.compress_pending(memory)
         ev = memory.evict(hidden.detach(), cfg.compression_rate)
         if memory.cmem_len == 0:
             return MemoryState(ev.mem, ev.mem_mask, memory.cmem, memory.cmem_mask), zero
+        if cfg.compression_loss == "bptt" and torch.is_grad_enabled():
+            return memory.detach().with_pending(ev), zero
         c_len = memory.cmem_len
         compressed, masks, losses = [], [], []
         want_loss = torch.is_grad_enabled() and cfg.compression_loss in ("attention", "autoencoding")
         for layer, comp in enumerate(self.compressors):
             old = ev.old[layer]  # [B, T', D]
             layer_usage = None
-            if isinstance(comp, MostUsedCompressor):
+            if comp.needs_usage:
                 # The evicted slots are the first T keys after the compressed memory.
                 layer_usage = usage[layer][:, c_len : c_len + t]
                 layer_usage = nn.functional.pad(layer_usage, (ev.n_pad, 0))  # [B, T']
-                mask = torch.gather(ev.old_mask, 1, comp.kept_indices(ev.old_mask, layer_usage, cfg.compression_rate))
-            else:
-                mask = compressed_mask(ev.old_mask, cfg.compression_rate)
             new = comp(old, ev.old_mask, layer_usage)  # [B, T'/c, D]
+            mask = comp.compressed_mask(ev.old_mask, layer_usage)  # [B, T'/c]
             if want_loss and cfg.compression_loss == "attention":
                 block = self.blocks[layer]
                 losses.append(
@@ -151,14 +169,28 @@ class CompressiveTransformerLM(nn.Module):
                 losses.append(autoencoding_loss(self.decoders[layer], old, ev.old_mask, new))
             compressed.append(new)
             masks.append(mask)
-        new_cmem = torch.stack(compressed)  # [L, B, T'/c, D]
-        if cfg.compression_loss != "bptt":
-            new_cmem = new_cmem.detach()
-        # Only the newest compressed slots may stay in the graph (bptt: one
-        # extra segment), so earlier ones are cut here.
+        new_cmem = torch.stack(compressed).detach()  # [L, B, T'/c, D]
+        # Invalid slots are a prefix of the evicted block, so every layer's
+        # mask is the same (for most_used too) and layer 0's serves all.
         nxt = memory.detach().with_memories(ev, new_cmem, masks[0])
         aux = torch.stack(losses).mean() if losses else zero
         return nxt, aux
+
+    def compress_pending(self, memory: MemoryState) -> MemoryState:
+        """Compress a deferred evicted block (``compression_loss=bptt``) into
+        the compressed memory, inside the current graph.
+
+        This is what BPTT backpropagates through: the language-model loss of
+        the segment that attends to these new compressed slots reaches f_c
+        and its parameters. It stops at f_c's input (the evicted memories are
+        stored detached, as every memory is), and older compressed slots are
+        constants, so no graph spans an optimizer step.
+        """
+        if memory.pending is None:
+            return memory
+        old, old_mask = memory.pending, memory.pending_mask  # [L, B, T', D], [B, T']
+        new = torch.stack([comp(old[layer], old_mask) for layer, comp in enumerate(self.compressors)])
+        return memory.with_compressed_pending(new, self.compressors[0].compressed_mask(old_mask))
 
     # --------------------------------------------------------------- forward
     def forward(self, tokens: Tensor, memory: MemoryState | None = None, reset: Tensor | None = None) -> LMOutput:
@@ -171,7 +203,8 @@ class CompressiveTransformerLM(nn.Module):
             memory = self.empty_memory(b, device=tokens.device)
         if reset is not None:
             memory = memory.reset_rows(reset)
-        want_usage = self.cfg.compresses and self.cfg.compression == "most_used"
+        memory = self.compress_pending(memory)
+        want_usage = self.needs_usage
         h = self.drop(self.embed(tokens))  # [B, T, D]
         n_keys = memory.cmem_len + memory.mem_len + t
         pos = self.positions(n_keys, tokens.device, h.dtype)  # [K, D]

@@ -32,11 +32,14 @@ class IncrementalDecoder:
         self.model = model
         cfg = model.cfg
         device = model.embed.weight.device
-        self.memory = memory if memory is not None else model.empty_memory(batch_size, device=device)
+        if memory is None:
+            memory = model.empty_memory(batch_size, device=device)
+        with torch.no_grad():
+            self.memory = model.compress_pending(memory)
         self.seq_len = cfg.seq_len
         self.prefix = self.memory.cmem_len + self.memory.mem_len  # P = C + M
         self.n_keys = self.prefix + cfg.seq_len  # K_max
-        self.want_usage = cfg.compresses and cfg.compression == "most_used"
+        self.want_usage = model.needs_usage
         dtype = model.embed.weight.dtype
         pos = model.positions(self.n_keys, device, dtype)  # [K_max, D]
         with torch.no_grad():
