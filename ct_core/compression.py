@@ -7,27 +7,48 @@ contents into a valid compressed slot:
 
 - ``max_pool`` / ``mean_pool``: over the valid slots of each group of ``c``.
 - ``conv``: 1-D convolution, kernel = stride = c (the paper's best).
-- ``dilated_conv``: kernel c, dilation 2, stride c over a left-padded input,
-  so each slot also sees the group before it (within the evicted block).
+- ``dilated_conv``: a WaveNet-style stack of causal kernel-2 convolutions
+  with dilations 1, 2, 4, ... whose receptive field (2^n >= 2c slots) ends at
+  the last slot of each group: every compressed slot sees its whole group
+  and the group before it (zeros before the evicted block starts), so every
+  evicted memory reaches a compressed slot.
 - ``most_used``: keeps the ``T'/c`` slots that received the most attention
-  during the segment, in temporal order; no parameters.
+  during the segment, in temporal order; no parameters. The only compressor
+  that drops slots: a slot reaches cmem when it was among the most attended.
+
+Adding a compression function: subclass :class:`Compressor` (set
+``has_parameters`` / ``needs_usage`` when they apply) and add one entry to
+:data:`COMPRESSORS`; configuration, recipes' validation and the property
+tests that enumerate the table pick it up.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor, nn
 
 
 class Compressor(nn.Module):
-    """Base class: ``forward(old, old_mask, usage) -> [B, T'/c, D]``."""
+    """Base class: ``forward(old, old_mask, usage) -> [B, T'/c, D]``.
+
+    ``has_parameters``: f_c has weights, which a compression loss may train.
+    ``needs_usage``: f_c needs the attention mass each evicted slot received.
+    """
 
     has_parameters = False
+    needs_usage = False
 
     def __init__(self, d_model: int, compression_rate: int) -> None:
         super().__init__()
         self.d_model = d_model
         self.compression_rate = compression_rate
+
+    def compressed_mask(self, old_mask: Tensor, usage: Tensor | None = None) -> Tensor:
+        """Validity ``[B, T'/c]`` of the compressed slots: a slot is valid if
+        any of the ``c`` slots of its group was."""
+        return self._groups(old_mask).any(dim=-1)
 
     def _groups(self, x: Tensor) -> Tensor:
         """``[B, T', ...]`` -> ``[B, T'/c, c, ...]``."""
@@ -63,24 +84,37 @@ class ConvCompressor(Compressor):
 
 class DilatedConvCompressor(Compressor):
     has_parameters = True
-    dilation = 2
 
     def __init__(self, d_model: int, compression_rate: int) -> None:
         super().__init__(d_model, compression_rate)
-        self.conv = nn.Conv1d(
-            d_model, d_model, kernel_size=compression_rate, stride=compression_rate, dilation=self.dilation
+        # n layers of kernel 2 and dilation 2^i reach 2^n slots back: at least
+        # the group (c) and the group before it (another c).
+        n_layers = max(1, math.ceil(math.log2(2 * compression_rate)))
+        self.layers = nn.ModuleList(
+            nn.Conv1d(d_model, d_model, kernel_size=2, dilation=2**i) for i in range(n_layers)
         )
 
+    @property
+    def receptive_field(self) -> int:
+        return 2 ** len(self.layers)
+
     def forward(self, old: Tensor, old_mask: Tensor, usage: Tensor | None = None) -> Tensor:
+        x = old.transpose(1, 2)  # [B, D, T']
+        for conv in self.layers:
+            # Causal: left padding by the dilation keeps T' outputs, output t
+            # depending on inputs t - (2^n - 1) .. t only.
+            x = conv(nn.functional.pad(x, (conv.dilation[0], 0)))
         c = self.compression_rate
-        # Receptive field (c-1)*dilation+1; left padding of (c-1)*(dilation-1)
-        # keeps T'/c outputs with output g ending at the last slot of group g.
-        pad = (c - 1) * (self.dilation - 1)
-        x = nn.functional.pad(old.transpose(1, 2), (pad, 0))  # [B, D, pad + T']
-        return self.conv(x).transpose(1, 2)
+        return x[:, :, c - 1 :: c].transpose(1, 2)  # [B, T'/c, D]: the last slot of each group
 
 
 class MostUsedCompressor(Compressor):
+    needs_usage = True
+
+    def compressed_mask(self, old_mask: Tensor, usage: Tensor | None = None) -> Tensor:
+        """Validity ``[B, T'/c]`` of the kept slots."""
+        return torch.gather(old_mask, 1, self.kept_indices(old_mask, usage, self.compression_rate))
+
     def forward(self, old: Tensor, old_mask: Tensor, usage: Tensor | None = None) -> Tensor:
         if usage is None:
             raise ValueError("most_used compression needs the attention usage of the evicted slots")
@@ -105,6 +139,11 @@ COMPRESSORS: dict[str, type[Compressor]] = {
     "dilated_conv": DilatedConvCompressor,
     "most_used": MostUsedCompressor,
 }
+
+
+#: Names of every compression function, and of those with weights.
+COMPRESSIONS: tuple[str, ...] = tuple(COMPRESSORS)
+PARAMETRIC_COMPRESSIONS: tuple[str, ...] = tuple(n for n, c in COMPRESSORS.items() if c.has_parameters)
 
 
 def build_compressor(name: str, d_model: int, compression_rate: int) -> Compressor:

@@ -18,10 +18,9 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from ct_core.compression import COMPRESSIONS, PARAMETRIC_COMPRESSIONS
 from ct_core.errors import ConfigError
 
-COMPRESSIONS = ("max_pool", "mean_pool", "conv", "dilated_conv", "most_used")
-PARAMETRIC_COMPRESSIONS = ("conv", "dilated_conv")
 COMPRESSION_LOSSES = ("attention", "autoencoding", "bptt", "none")
 NORMS = ("pre", "post")
 
