@@ -29,12 +29,15 @@ PRECISIONS = ("auto", "fp32", "bf16")
 
 @dataclass
 class OptimConfig:
-    """Adam(W) with linear warm-up then cosine decay (paper: 3e-4 -> 1e-6)."""
+    """Adam(W) with linear warm-up from ``min_lr`` then cosine decay back to
+    it over ``decay_steps`` (null: the rest of the run). Paper: 1e-6 -> 3e-4
+    -> 1e-6."""
 
     name: str = "adam"
     lr: float = 3e-4
     min_lr: float = 1e-6
     warmup_steps: int = 1000
+    decay_steps: int | None = None
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
     weight_decay: float = 0.0
@@ -48,6 +51,8 @@ class OptimConfig:
             raise ConfigError(f"optim.lr={self.lr} and optim.min_lr={self.min_lr} need 0 <= min_lr <= lr, lr > 0")
         if self.warmup_steps < 0:
             raise ConfigError(f"optim.warmup_steps={self.warmup_steps} must be >= 0")
+        if self.decay_steps is not None and self.decay_steps <= 0:
+            raise ConfigError(f"optim.decay_steps={self.decay_steps} must be > 0 (or null: the rest of the run)")
         if self.clip_norm is not None and self.clip_norm <= 0:
             raise ConfigError(f"optim.clip_norm={self.clip_norm} must be > 0 (or null to disable clipping)")
 
@@ -59,6 +64,11 @@ class TrainerConfig:
     steps: int = 1000
     batch_size: int = 8  # global lanes (streams) per optimizer step
     grad_accum: int = 1  # micro-batches per step; lanes are split among them
+    # The paper's "reduce the frequency of optimisation updates (every 4
+    # steps) after 60,000 iterations": from step update_every_after on, one
+    # update accumulates update_every consecutive segments of the same lanes.
+    update_every: int = 1
+    update_every_after: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
     compile: bool = False
@@ -78,7 +88,9 @@ class TrainerConfig:
     threads: int | None = None  # CPU threads for torch; None = torch's default
 
     def validate(self) -> None:
-        for name in ("steps", "batch_size", "grad_accum", "log_every", "eval_every", "save_every", "keep_last",
+        if not isinstance(self.update_every_after, int) or self.update_every_after < 0:
+            raise ConfigError(f"trainer.update_every_after={self.update_every_after!r} must be an integer >= 0")
+        for name in ("steps", "batch_size", "grad_accum", "update_every", "log_every", "eval_every", "save_every", "keep_last",
                      "max_nonfinite"):
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
@@ -98,6 +110,20 @@ class EvalConfig:
     batch_size: int = 8
     mem_len: int | None = None  # None = the training value
     cmem_len: int | None = None
+
+    def validate(self, model: ModelConfig) -> None:
+        """One-line errors naming the eval option; ``model`` is what is evaluated."""
+        if not isinstance(self.batch_size, int) or isinstance(self.batch_size, bool) or self.batch_size <= 0:
+            raise ConfigError(f"eval.batch_size={self.batch_size!r} must be a positive integer")
+        for name in ("mem_len", "cmem_len"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+                raise ConfigError(f"eval.{name}={value!r} must be an integer >= 0 (or null: as in training)")
+        if self.cmem_len and not model.compresses:
+            raise ConfigError(
+                f"eval.cmem_len={self.cmem_len} needs a model trained with compressed memory, but this one has "
+                "memory.cmem_len=0 (Transformer-XL); use eval.cmem_len=0 or leave it null"
+            )
 
 
 @dataclass
@@ -136,6 +162,7 @@ class RunConfig:
         trainer = _build(TrainerConfig, cfg.get("trainer") or {}, "trainer")
         trainer.validate()
         evaluation = _build(EvalConfig, cfg.get("eval") or {}, "eval")
+        evaluation.validate(model)
         data = dict(cfg.get("data") or {})
         if "frontend" not in data:
             raise ConfigError("data.frontend is missing: pick a data recipe, e.g. data=audio_demo")
