@@ -78,9 +78,11 @@ class FrontEnd(abc.ABC):
         :meth:`prepare` first if needed."""
 
     @abc.abstractmethod
-    def metrics(self, nll_sum: float, n_tokens: int, split: str) -> dict[str, float]:
+    def metrics(self, nll_sum: float, n_tokens: int, split: str, complete: bool = True) -> dict[str, float]:
         """The modality's metrics from the summed NLL (nats) over ``n_tokens``
-        predicted tokens of a complete pass over ``split``."""
+        predicted tokens of a pass over ``split``. ``complete=False`` (a
+        pass cut short) keeps the per-token metrics under the same names and
+        leaves out those that need the whole split (baselines, per word)."""
 
     # ------------------------------------------------------------ checkpoint
     def state_dict(self) -> dict[str, Any]:

@@ -126,7 +126,7 @@ class SyntheticFrontEnd(FrontEnd):
             ]
         return self._documents[split]
 
-    def metrics(self, nll_sum: float, n_tokens: int, split: str) -> dict[str, float]:
+    def metrics(self, nll_sum: float, n_tokens: int, split: str, complete: bool = True) -> dict[str, float]:
         if n_tokens <= 0:
             raise DataError(f"no tokens were evaluated on split {split!r}; its documents are too short")
         nll = nll_sum / n_tokens

@@ -173,29 +173,39 @@ class Trainer:
         self.logger.message(f"resumed from {path} at step {self.step}")
 
     # ------------------------------------------------------------------ loop
-    def train_step(self) -> dict[str, float] | None:
-        """One optimizer step over ``grad_accum`` micro-batches; None if skipped."""
+    def segments_per_update(self) -> int:
+        """Consecutive segments one optimizer update accumulates now."""
         t = self.cfg.trainer
-        batch = next(self.batcher).to(self.device)
-        (n_global,) = all_reduce_sum(self.ctx, [float(batch.n_targets)], self.device)
+        return t.update_every if self.step >= t.update_every_after else 1
+
+    def train_step(self) -> dict[str, float] | None:
+        """One optimizer update over :meth:`segments_per_update` consecutive
+        segments of every lane, each split into ``grad_accum`` micro-batches;
+        None if skipped. The update's loss is the mean over all target tokens
+        of those segments (memories carried from segment to segment as usual)."""
+        t = self.cfg.trainer
+        batches = [next(self.batcher).to(self.device) for _ in range(self.segments_per_update())]
+        (n_global,) = all_reduce_sum(self.ctx, [float(sum(b.n_targets for b in batches))], self.device)
         n_global = max(n_global, 1.0)
+        n_pieces = len(batches) * t.grad_accum  # the compression loss is averaged over these
         previous = list(self.memories)
         ce_sum, aux_sum = 0.0, 0.0
-        micro = batch.split(t.grad_accum)
-        for i, mb in enumerate(micro):
-            sync = i == len(micro) - 1 or not self.ctx.enabled
-            with self._maybe_no_sync(sync), autocast_context(self.device, t.precision):
-                out = self.forward(mb.x, self.memories[i], mb.reset)
-                ce = F.cross_entropy(out.logits.float().flatten(0, 1), mb.y.flatten(), ignore_index=IGNORE_INDEX,
-                                     reduction="sum")
-                # DDP averages gradients over ranks, hence the world-size factor:
-                # the step's loss is the mean over all of its target tokens.
-                loss = ce * (self.ctx.world_size / n_global)
-                loss = loss + self.cfg.optim.compression_loss_weight * out.aux_loss / t.grad_accum
-                loss.backward()
-            self.memories[i] = out.memory
-            ce_sum += ce.item()
-            aux_sum += out.aux_loss.item() / t.grad_accum
+        for k, batch in enumerate(batches):
+            micro = batch.split(t.grad_accum)
+            for i, mb in enumerate(micro):
+                sync = (k == len(batches) - 1 and i == len(micro) - 1) or not self.ctx.enabled
+                with self._maybe_no_sync(sync), autocast_context(self.device, t.precision):
+                    out = self.forward(mb.x, self.memories[i], mb.reset)
+                    ce = F.cross_entropy(out.logits.float().flatten(0, 1), mb.y.flatten(),
+                                         ignore_index=IGNORE_INDEX, reduction="sum")
+                    # DDP averages gradients over ranks, hence the world-size factor:
+                    # the update's loss is the mean over all of its target tokens.
+                    loss = ce * (self.ctx.world_size / n_global)
+                    loss = loss + self.cfg.optim.compression_loss_weight * out.aux_loss / n_pieces
+                    loss.backward()
+                self.memories[i] = out.memory
+                ce_sum += ce.item()
+                aux_sum += out.aux_loss.item() / n_pieces
         ce_sum, aux_sum, n_bad = all_reduce_sum(
             self.ctx, [ce_sum, aux_sum / self.ctx.world_size, float(not math.isfinite(ce_sum + aux_sum))], self.device
         )
@@ -216,7 +226,7 @@ class Trainer:
                 "lr": lr, "grad_norm": grad_norm, "tokens": n_global}
 
     def _maybe_no_sync(self, sync: bool):
-        """DDP all-reduces gradients only on the last micro-batch of a step."""
+        """DDP all-reduces gradients only on the last micro-batch of an update."""
         return contextlib.nullcontext() if sync else self.forward.no_sync()
 
     def run_eval(self, split: str, max_batches: int | None) -> dict[str, float]:
@@ -224,10 +234,7 @@ class Trainer:
         result: EvalResult = evaluate(self.model, docs, self.cfg.eval.batch_size, self.cfg.eval_mem_len,
                                       self.cfg.eval_cmem_len, self.device, self.cfg.trainer.precision,
                                       max_batches=max_batches, ctx=self.ctx)
-        if result.complete:
-            metrics = self.frontend.metrics(result.nll_sum, result.n_tokens, split)
-        else:
-            metrics = {"nll": result.nll, "bits_per_token": result.nll / math.log(2)}
+        metrics = self.frontend.metrics(result.nll_sum, result.n_tokens, split, complete=result.complete)
         metrics["n_tokens"] = result.n_tokens
         return metrics
 

@@ -251,8 +251,8 @@ class TextFrontEnd(FrontEnd):
         assert self._store is not None
         return dict(self._store.manifest["counts"].get(split, {}))
 
-    def metrics(self, nll_sum: float, n_tokens: int, split: str) -> dict[str, float]:
-        counts = self.counts(split)
+    def metrics(self, nll_sum: float, n_tokens: int, split: str, complete: bool = True) -> dict[str, float]:
+        counts = self.counts(split) if complete else {}
         return text_metrics(nll_sum, n_tokens, bytes_tokenizer=self._kind == "bytes",
                             n_bytes=counts.get("bytes"), n_words=counts.get("words"),
                             n_split_tokens=counts.get("tokens"))

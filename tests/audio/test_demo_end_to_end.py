@@ -15,7 +15,7 @@ from tests.conftest import run_cli
 
 CUT_DOWN = ["model.n_layers=2", "model.d_model=48", "model.n_heads=2", "model.d_ff=96", "memory.seq_len=64",
             "memory.mem_len=64", "memory.cmem_len=32", "trainer.steps=40", "trainer.log_every=10",
-            "trainer.eval_every=40", "trainer.save_every=40", "trainer.sample_tokens=800", "trainer.eval_sample_tokens=200", "optim.lr=3e-3", "optim.warmup_steps=5"]
+            "trainer.eval_every=20", "trainer.eval_max_batches=5", "trainer.save_every=40", "trainer.sample_tokens=800", "trainer.eval_sample_tokens=200", "optim.lr=3e-3", "optim.warmup_steps=5"]
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +31,11 @@ def test_demo_trains_and_writes_audio(demo_run):
     train = [r for r in records if r["split"] == "train" and "ce" in r]
     # Uniform guessing over 256 codes costs ln 256 = 5.55 nats.
     assert train[-1]["ce"] < math.log(256) - 0.5 and train[-1]["ce"] < train[0]["ce"]
-    valid = [r for r in records if r["split"] == "valid"][-1]
+    evals = [r for r in records if r["split"] == "valid"]
+    # The mid-run (partial) evaluation and the final one name the metric alike.
+    assert [r["step"] for r in evals] == [20, 40]
+    assert all("bits_per_sample" in r and "bits_per_token" not in r for r in evals)
+    valid = evals[-1]
     assert {"bits_per_sample", "trigram_bits", "unigram_bits"} <= valid.keys()
     assert valid["bits_per_sample"] < valid["unigram_bits"]
     wavs = sorted((run_dir / "samples").rglob("*.wav"))
