@@ -134,19 +134,19 @@ def evaluate(counts: NgramCounts, documents: Iterable[np.ndarray]) -> dict[str, 
 
 def cached_baselines(store_path: Path, documents: Callable[[str], Sequence[np.ndarray]],
                      split: str, vocab_size: int,
-                     splits: Sequence[str] = ("valid", "test")) -> dict[str, float]:
+                     splits: Sequence[str] = ("valid", "test"), cache_name: str = CACHE_FILE) -> dict[str, float]:
     """The baselines of ``split`` for the store at ``store_path``, computed
-    once and kept in ``<store>/baselines.json``. ``documents(split)`` gives a
-    split's documents; the first miss also fills in ``splits`` so the train
-    counts are fitted only once."""
-    cache = Path(store_path) / CACHE_FILE
+    once and kept in ``<store>/<cache_name>``. ``documents(split)`` gives a
+    split's documents as the model sees them; the first miss also fills in
+    ``splits`` so the train counts are fitted only once."""
+    cache = Path(store_path) / cache_name
     known = json.loads(cache.read_text()) if cache.is_file() else {}
     if split not in known:
         counts = fit_ngrams(documents("train"), vocab_size)
         for s in dict.fromkeys([split, *splits]):
             if s not in known:
                 known[s] = evaluate(counts, documents(s))
-        tmp = cache.with_name(f".{CACHE_FILE}.{os.getpid()}")
+        tmp = cache.with_name(f".{cache_name}.{os.getpid()}")
         tmp.write_text(json.dumps(known, indent=2))
         os.replace(tmp, cache)  # atomic: a concurrent reader sees old or new, never half
     return known[split]

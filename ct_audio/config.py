@@ -38,6 +38,9 @@ class AudioConfig:
     valid_fraction / test_fraction: share of speakers (or of utterances when
         speakers are unknown) held out, where the corpus has no official split.
     max_files: keep at most this many utterances (quick runs).
+    chunk_samples: cut every utterance into independent documents of this
+        many samples (the paper trained on 3,840-sample chunks); None keeps
+        whole utterances. Cut when read, so the prepared data is shared.
     cache_dir: where prepared data goes (None: ``$CT_CACHE_DIR`` or
         ``~/.cache/compressive-transformer``).
     seed: seeds the split and ``max_files`` draws.
@@ -56,6 +59,7 @@ class AudioConfig:
     valid_fraction: float = 0.05
     test_fraction: float = 0.05
     max_files: int | None = None
+    chunk_samples: int | None = None
     cache_dir: str | None = None
     seed: int = 0
 
@@ -75,6 +79,8 @@ class AudioConfig:
             raise ConfigError("data.valid_fraction + data.test_fraction must be below 1 to leave training data")
         if self.max_files is not None and int(self.max_files) < 1:
             raise ConfigError(f"data.max_files={self.max_files} must be a positive count or null")
+        if self.chunk_samples is not None and int(self.chunk_samples) < 2:
+            raise ConfigError(f"data.chunk_samples={self.chunk_samples} must be at least 2 samples, or null")
         if self.top_db <= 0:
             raise ConfigError(f"data.top_db={self.top_db} must be positive (dB below the loudest frame)")
         self.sample_rate, self.mu = int(self.sample_rate), int(self.mu)
@@ -98,4 +104,4 @@ class AudioConfig:
 
     def token_settings(self) -> dict:
         """Every setting that changes the prepared tokens (for the content hash)."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("cache_dir", "root")}
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("cache_dir", "root", "chunk_samples")}

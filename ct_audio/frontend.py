@@ -22,7 +22,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ct_audio.audio_io import UnusableAudio
-from ct_audio.baselines import cached_baselines
+from ct_audio.baselines import CACHE_FILE, cached_baselines
 from ct_audio.config import AudioConfig
 from ct_audio.mulaw import mulaw_decode, mulaw_encode
 from ct_audio.prepare import plan_preparation, prepare_store
@@ -68,7 +68,14 @@ class AudioFrontEnd(FrontEnd):
     def documents(self, split: str) -> Sequence[np.ndarray]:
         if split not in SPLITS:
             raise ConfigError(f"split={split!r} is unknown; choose one of {SPLITS}")
-        return self.store.documents(split)
+        return self._chunked(self.store.documents(split))
+
+    def _chunked(self, documents: Sequence[np.ndarray]) -> Sequence[np.ndarray]:
+        """Utterances cut into ``data.chunk_samples`` pieces (views), if set."""
+        n = self.cfg.chunk_samples
+        if not n:
+            return documents
+        return [doc[i : i + n] for doc in documents for i in range(0, len(doc), n)]
 
     def _prepared_store(self) -> TokenStore | None:
         """The store if it is already on disk; ``None`` when the corpus or its
@@ -82,12 +89,14 @@ class AudioFrontEnd(FrontEnd):
                 self._store = TokenStore(plan.path)
         return self._store
 
-    def metrics(self, nll_sum: float, n_tokens: int, split: str) -> dict[str, float]:
+    def metrics(self, nll_sum: float, n_tokens: int, split: str, complete: bool = True) -> dict[str, float]:
         nll = float(nll_sum) / max(int(n_tokens), 1)
         out = {"nll_nats": nll, "bits_per_sample": nll / math.log(2)}
-        store = self._prepared_store()
+        store = self._prepared_store() if complete else None
         if store is not None and split in store.splits():
-            base = cached_baselines(store.path, store.documents, split, self.vocab_size)
+            chunk = self.cfg.chunk_samples
+            base = cached_baselines(store.path, lambda s: self._chunked(store.documents(s)), split, self.vocab_size,
+                                    cache_name=f"baselines_chunk{chunk}.json" if chunk else CACHE_FILE)
             if base["tokens"]:
                 out["unigram_bits"] = base["unigram_bits"]
                 out["trigram_bits"] = base["trigram_bits"]

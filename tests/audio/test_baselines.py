@@ -112,3 +112,21 @@ def test_metrics_bits_and_cached_baselines(tmp_path, monkeypatch):
     assert again.metrics(1234.5, 1000, "test")["trigram_bits"] == cached["test"]["trigram_bits"]
     for split in SPLITS:
         assert len(fe.documents(split)) >= 1
+
+
+def test_chunked_utterances_share_the_store_and_their_baselines_count_chunks(tmp_path):
+    root, whole = _prepared(tmp_path)
+    whole.prepare(progress=False)
+    chunked = build_frontend({"frontend": "audio", "corpus": "folder", "root": str(root),
+                              "cache_dir": str(tmp_path / "cache"), "sample_rate": 8000,
+                              "valid_fraction": 0.2, "test_fraction": 0.2, "chunk_samples": 300})
+    chunked.prepare(progress=False)
+    assert chunked.store.path == whole.store.path  # cut when read: one prepared store
+    for split in SPLITS:
+        pieces, utterances = chunked.documents(split), whole.documents(split)
+        assert all(len(p) <= 300 for p in pieces) and len(pieces) > len(utterances)
+        assert np.array_equal(np.concatenate(pieces), np.concatenate(utterances))
+    m = chunked.metrics(1.0, 1, "valid")
+    expected = evaluate(fit_ngrams(chunked.documents("train"), V), chunked.documents("valid"))
+    assert expected["tokens"] == sum(len(p) - 1 for p in chunked.documents("valid"))
+    assert m["trigram_bits"] == pytest.approx(expected["trigram_bits"], rel=1e-12)
