@@ -68,7 +68,7 @@ class Shape:
         return self.batch_size * self.seq_len
 
     def model_config(self):
-        from ct_core.config import ModelConfig
+        from ct_core.model.config import ModelConfig
 
         return ModelConfig(
             vocab_size=self.vocab_size, n_layers=self.n_layers, d_model=self.d_model, n_heads=self.n_heads,

@@ -66,7 +66,7 @@ def run_configuration(spec: dict) -> dict:
     """Inside the child: build, run, and return the peak at each checkpoint."""
     torch.set_num_threads(spec["threads"])
     device = torch.device(spec["device"])
-    import ct_core.model  # noqa: F401  (the idle baseline includes the package)
+    import ct_core.model.lm  # noqa: F401  (the idle baseline includes the package)
 
     if spec["kind"] == "idle":
         return {"peaks": [peak_bytes(device)]}
@@ -82,8 +82,8 @@ def run_configuration(spec: dict) -> dict:
             if k in spec["checkpoints"]:
                 peaks.append(peak_bytes(device))
     else:  # decode, one token at a time; checkpoints count whole segments
-        from ct_core.model import CompressiveTransformerLM
-        from ct_core.sampling import IncrementalDecoder
+        from ct_core.model.lm import CompressiveTransformerLM
+        from ct_core.model.sampling import IncrementalDecoder
 
         torch.manual_seed(0)
         model = CompressiveTransformerLM(shape.model_config()).to(device).eval()

@@ -1,7 +1,7 @@
 """Contenders: our model and the peer implementations behind one interface,
 built at a benchmark :class:`~bench.common.Shape`.
 
-- ``ours``: :class:`ct_core.model.CompressiveTransformerLM`, conv compression
+- ``ours``: :class:`ct_core.model.lm.CompressiveTransformerLM`, conv compression
   trained by the attention-reconstruction loss (Algorithm 2).
 - ``ctp``: ``compressive-transformer-pytorch`` 0.4.0 as shipped. Its
   attention calls ``self.to_kv.weight.detach_()`` in every training forward
@@ -87,7 +87,7 @@ class Ours(Contender):
     note = "ct_core CompressiveTransformerLM, conv f_c + attention-reconstruction loss"
 
     def __init__(self, shape: Shape, device: torch.device) -> None:
-        from ct_core.model import CompressiveTransformerLM
+        from ct_core.model.lm import CompressiveTransformerLM
 
         super().__init__(CompressiveTransformerLM(shape.model_config()).to(device))
         self.memory = None
@@ -101,13 +101,13 @@ class Ours(Contender):
         return F.cross_entropy(out.logits.float().flatten(0, 1), y.flatten()) + out.aux_loss
 
     def generate(self, prompt: Tensor, n_new: int) -> Tensor:
-        from ct_core.sampling import generate
+        from ct_core.model.sampling import generate
 
         return generate(self.model, prompt, n_new, top_k=TOP_K)
 
     def optimizer(self) -> torch.optim.Optimizer:
-        from ct_core.optim import build_optimizer
-        from ct_core.run_config import OptimConfig
+        from ct_core.train.optim import build_optimizer
+        from ct_core.train.run_config import OptimConfig
 
         # The trainer's own optimizer (AdamW, decay on matrices only, foreach=False).
         return build_optimizer(self.model, OptimConfig(name="adamw", lr=1e-4, weight_decay=0.01))

@@ -3,13 +3,13 @@ segment, the memory-bandwidth bound, and audio samples/s with the real-time
 factor.
 
 - Text (shape M, vocabulary 256, batch 1): 512 new tokens after a 256-token
-  prompt with our cached :func:`ct_core.sampling.generate`, with each peer's
+  prompt with our cached :func:`ct_core.model.sampling.generate`, with each peer's
   own ``generate``, and with a full-recompute reference of ours (every new
   token recomputes the whole history segment by segment with the training
   forward; timed at a few positions spread over the 512 and reported per
   token). The reference's logits are compared with the cache's.
 - Per-token latency by position inside a segment (should be flat), from
-  :class:`ct_core.sampling.IncrementalDecoder` one token at a time.
+  :class:`ct_core.model.sampling.IncrementalDecoder` one token at a time.
 - Memory-bandwidth bound of batch-1 decoding: weight bytes per token ÷ the
   copy bandwidth measured in the same run.
 - Audio: the demo model (recipe audio/demo, 8 kHz) and the speech_ct shape
@@ -85,7 +85,7 @@ def per_position_pass(model, seq: torch.Tensor, prompt: int, check: set[int], ma
     Returns ``(segment position, seconds, rolled, chunk quiet)`` per token
     and the cached logits at the stream indices in ``check``.
     """
-    from ct_core.sampling import IncrementalDecoder
+    from ct_core.model.sampling import IncrementalDecoder
 
     dec = IncrementalDecoder(model, 1)
     dec.feed(seq[:, :prompt])
@@ -253,8 +253,8 @@ def decoder_bytes(shape, batch: int, rolls: bool) -> int:
 
 
 def audio_section(args: argparse.Namespace, device: torch.device) -> tuple[list[str], dict]:
-    from ct_core.model import CompressiveTransformerLM
-    from ct_core.sampling import IncrementalDecoder, generate
+    from ct_core.model.lm import CompressiveTransformerLM
+    from ct_core.model.sampling import IncrementalDecoder, generate
 
     lines, rtf = [], {}
     for name, n_new in (("demo", args.audio_tokens), ("speech_ct", args.speech_tokens)):

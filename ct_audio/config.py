@@ -17,7 +17,7 @@ from pathlib import Path
 from ct_audio.audio_io import NORMALIZE_MODES, Preprocessor
 from ct_audio.corpora import CORPORA
 from ct_core.errors import ConfigError
-from ct_core.token_store import default_cache_dir
+from ct_core.data.token_store import default_cache_dir
 
 
 @dataclasses.dataclass

@@ -1,6 +1,6 @@
 """The audio front end: raw speech as 8-bit μ-law samples, one token per sample.
 
-Registered in :data:`ct_core.frontend.FRONTENDS` as ``audio``; a recipe's
+Registered in :data:`ct_core.data.frontend.FRONTENDS` as ``audio``; a recipe's
 ``data`` section holds the fields of :class:`AudioConfig`.
 
 Example::
@@ -28,8 +28,8 @@ from ct_audio.mulaw import mulaw_decode, mulaw_encode
 from ct_audio.prepare import plan_preparation, prepare_store
 from ct_audio.wav_out import figure_to_rgb, spectrogram_figure, write_spectrogram_png, write_wav
 from ct_core.errors import ConfigError, DataError
-from ct_core.frontend import SPLITS, FrontEnd
-from ct_core.token_store import TokenStore
+from ct_core.data.frontend import SPLITS, FrontEnd
+from ct_core.data.token_store import TokenStore
 
 #: Streams logged to TensorBoard per evaluation.
 _LOGGED_STREAMS = 4

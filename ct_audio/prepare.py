@@ -33,8 +33,8 @@ from ct_audio.corpora import Listing, Utterance, list_corpus
 from ct_audio.mulaw import mulaw_encode
 from ct_audio.splits import assign_splits, cap_files
 from ct_core.errors import DataError
-from ct_core.frontend import SPLITS
-from ct_core.token_store import TokenStore, TokenStoreWriter, content_hash
+from ct_core.data.frontend import SPLITS
+from ct_core.data.token_store import TokenStore, TokenStoreWriter, content_hash
 
 log = logging.getLogger(__name__)
 

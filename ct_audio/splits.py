@@ -26,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 
 from ct_audio.corpora import Utterance
-from ct_core.frontend import SPLITS
+from ct_core.data.frontend import SPLITS
 
 
 def _count(fraction: float, n: int) -> int:
@@ -49,7 +49,7 @@ def _draw(keys: list[str], valid_fraction: float, test_fraction: float,
 
 def assign_splits(utterances: list[Utterance], valid_fraction: float, test_fraction: float,
                   seed: int) -> tuple[dict[str, list[Utterance]], str]:
-    """Split ``utterances`` into :data:`~ct_core.frontend.SPLITS`; returns the
+    """Split ``utterances`` into :data:`~ct_core.data.frontend.SPLITS`; returns the
     splits and the name of the rule used."""
     utterances = sorted(utterances, key=lambda u: u.id)
     official = {u.split for u in utterances}

@@ -1,5 +1,12 @@
 """Compressive Transformer core: modality-agnostic model, memory, training.
 
+Four subpackages, imported in one direction (cli -> train -> data, model):
+
+- :mod:`ct_core.model`: the paper's model, memory and sampling;
+- :mod:`ct_core.data`: the front-end seam, token stores, the stream batcher;
+- :mod:`ct_core.train`: run configuration, trainer, evaluation, checkpoints;
+- :mod:`ct_core.cli`: the console scripts.
+
 Example::
 
     from ct_core import ModelConfig, CompressiveTransformerLM
@@ -7,10 +14,16 @@ Example::
                                                  cmem_len=8, compression_rate=4))
 """
 
-from ct_core.config import ModelConfig
 from ct_core.errors import CheckpointError, ConfigError, DataError, UserError
-from ct_core.memory import MemoryState
-from ct_core.model import CompressiveTransformerLM, LMOutput
+from ct_core.model import (
+    CompressiveTransformerLM,
+    IncrementalDecoder,
+    LMOutput,
+    MemoryState,
+    ModelConfig,
+    generate,
+    sample_next,
+)
 
 __version__ = "0.1.0"
 
@@ -19,9 +32,12 @@ __all__ = [
     "CompressiveTransformerLM",
     "ConfigError",
     "DataError",
+    "IncrementalDecoder",
     "LMOutput",
     "MemoryState",
     "ModelConfig",
     "UserError",
     "__version__",
+    "generate",
+    "sample_next",
 ]

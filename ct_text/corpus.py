@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 from ct_core.errors import ConfigError, DataError
-from ct_core.frontend import SPLITS
+from ct_core.data.frontend import SPLITS
 
 BOM = codecs.BOM_UTF8
 

@@ -1,6 +1,6 @@
 """The text front end: enwik8 bytes, PG-19 subwords, generic text files.
 
-Implements :class:`ct_core.frontend.FrontEnd` for text. ``prepare`` reads the
+Implements :class:`ct_core.data.frontend.FrontEnd` for text. ``prepare`` reads the
 corpus (:mod:`ct_text.enwik8`, :mod:`ct_text.pg19`, :mod:`ct_text.text_files`),
 tokenizes it (:mod:`ct_text.tokenizer`) and writes a token store at
 ``<cache_dir>/text/<hash>/``, the hash covering the settings and the source
@@ -30,8 +30,8 @@ import numpy as np
 from tqdm import tqdm
 
 from ct_core.errors import ConfigError, DataError
-from ct_core.frontend import SPLITS, FrontEnd
-from ct_core.token_store import TokenStore, TokenStoreWriter, content_hash, default_cache_dir, token_dtype
+from ct_core.data.frontend import SPLITS, FrontEnd
+from ct_core.data.token_store import TokenStore, TokenStoreWriter, content_hash, default_cache_dir, token_dtype
 from ct_text.corpus import Corpus, check_split, count_words, decode_text, read_text_file
 from ct_text.enwik8 import enwik8_corpus, resolve_enwik8
 from ct_text.pg19 import pg19_corpus
@@ -62,7 +62,7 @@ class TextConfig:
     ``sentencepiece_type`` and ``tokenizer_sample_bytes`` (train on a
     deterministic sample of about that many train bytes) only concern
     SentencePiece. ``valid_fraction`` / ``test_fraction`` only concern
-    ``corpus=file``. ``cache_dir=None`` is ``ct_core.token_store.default_cache_dir()``.
+    ``corpus=file``. ``cache_dir=None`` is ``ct_core.data.token_store.default_cache_dir()``.
     """
 
     corpus: str = "enwik8"

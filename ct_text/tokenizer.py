@@ -47,7 +47,7 @@ import sentencepiece as spm
 import torch
 
 from ct_core.errors import CheckpointError, ConfigError
-from ct_core.token_store import content_hash
+from ct_core.data.token_store import content_hash
 from ct_text.corpus import TextDocument, decode_text
 
 log = logging.getLogger(__name__)

@@ -47,16 +47,15 @@ def apply_overrides(config: dict, overrides: list[str]) -> tuple[dict, str]:
 def run(checkpoint: Path, overrides: list[str]) -> dict:
     import torch
 
-    from ct_core.checkpoint import load_checkpoint
-    from ct_core.evaluator import evaluate
-    from ct_core.run_setup import build_run, load_model
-    from ct_core.trainer import resolve_device
-    from ct_core.distributed import DistContext
+    from ct_core.train.checkpoint import load_checkpoint
+    from ct_core.train.evaluator import evaluate
+    from ct_core.cli.run_setup import build_run, load_model
+    from ct_core.train.runtime import resolve_device
 
     payload = load_checkpoint(checkpoint)
     config, split = apply_overrides(payload["config"], overrides)
     cfg, frontend = build_run(config, payload["frontend"])
-    device = resolve_device(cfg.trainer.device, DistContext())
+    device = resolve_device(cfg.trainer.device)
     model = load_model(checkpoint, payload, cfg, frontend).to(device)
     frontend.prepare(progress=sys.stderr.isatty())
     docs = frontend.documents(split)

@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("out", type=Path)
     args = parser.parse_args(argv)
     with user_errors(PROG):
-        from ct_core.checkpoint import export_safetensors
+        from ct_core.train.checkpoint import export_safetensors
 
         path = export_safetensors(args.checkpoint, args.out)
         print(f"wrote {path}")

@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> None:
         print(HELP)
         return
     with user_errors(PROG):
-        from ct_core.run_setup import build_run
+        from ct_core.cli.run_setup import build_run
 
         raw = compose_recipe(argv, PROG)
         cfg, frontend = build_run(raw)

@@ -47,13 +47,11 @@ def run(argv: list[str]) -> list[Path]:
     import numpy as np
     import torch
 
-    from ct_core.checkpoint import load_checkpoint
-    from ct_core.distributed import DistContext
-    from ct_core.evaluator import autocast_context
-    from ct_core.frontend import frontend_class
-    from ct_core.run_setup import build_run, load_model
-    from ct_core.sampling import generate
-    from ct_core.trainer import resolve_device
+    from ct_core.train.checkpoint import load_checkpoint
+    from ct_core.data.frontend import frontend_class
+    from ct_core.cli.run_setup import build_run, load_model
+    from ct_core.model.sampling import generate
+    from ct_core.train.runtime import autocast_context, resolve_device
 
     first, _ = common_parser(add_help=False).parse_known_args(argv)
     payload = load_checkpoint(first.checkpoint)
@@ -68,7 +66,7 @@ def run(argv: list[str]) -> list[Path]:
         raise ConfigError(f"--top-k={args.top_k} must be at least 1")
 
     cfg, frontend = build_run(payload["config"], payload["frontend"])
-    device = resolve_device(args.device, DistContext())
+    device = resolve_device(args.device, option="--device ")
     model = load_model(args.checkpoint, payload, cfg, frontend).to(device)
     prompt = np.asarray(frontend.encode_prompt(args), dtype=np.int64)
     if prompt.size == 0:

@@ -24,17 +24,15 @@ PROG = "ct-train"
 
 def train_from_config(raw: dict[str, Any], run_dir: Path) -> dict[str, float]:
     """Prepare data, build everything, resume if asked, train, write samples."""
-    from ct_core.checkpoint import load_checkpoint
-    from ct_core.distributed import barrier, init_distributed, shutdown
+    from ct_core.train.checkpoint import load_checkpoint
+    from ct_core.train.distributed import barrier, init_distributed, shutdown
     from ct_core.errors import CheckpointError
-    from ct_core.run_setup import build_run, check_compatible
-    from ct_core.trainer import Trainer
+    from ct_core.cli.run_setup import build_run, check_compatible
+    from ct_core.train.trainer import Trainer
 
-    device = str((raw.get("trainer") or {}).get("device", "auto"))
-    import torch
+    from ct_core.train.runtime import device_kind
 
-    kind = "cuda" if device.startswith("cuda") or (device == "auto" and torch.cuda.is_available()) else "cpu"
-    ctx = init_distributed(kind)
+    ctx = init_distributed(device_kind(str((raw.get("trainer") or {}).get("device", "auto"))))
     try:
         cfg, frontend = build_run(raw)
         # Rank 0 prepares (and caches) the data; the others then find it ready.

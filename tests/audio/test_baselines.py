@@ -10,7 +10,7 @@ import pytest
 
 import ct_audio.baselines as baselines
 from ct_audio.baselines import evaluate, fit_ngrams
-from ct_core.frontend import SPLITS, build_frontend
+from ct_core.data.frontend import SPLITS, build_frontend
 
 from .conftest import tone, write
 

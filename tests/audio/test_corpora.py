@@ -10,7 +10,7 @@ import pytest
 from ct_audio.corpora import list_corpus
 from ct_audio.splits import assign_splits, cap_files
 from ct_core.errors import ConfigError, DataError
-from ct_core.frontend import SPLITS
+from ct_core.data.frontend import SPLITS
 
 from .conftest import tone, write
 

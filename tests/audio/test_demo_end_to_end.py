@@ -58,7 +58,7 @@ def test_eval_counts_every_sample_once(demo_run):
     run_dir, _ = demo_run
     proc = run_cli("ct-eval", str(run_dir / "checkpoints" / "last.pt"), "split=valid")
     report = json.loads(proc.stdout.strip().splitlines()[-1])
-    from ct_core.frontend import build_frontend
+    from ct_core.data.frontend import build_frontend
 
     fe = build_frontend({"frontend": "audio", "corpus": "demo", "sample_rate": 8000, "valid_fraction": 0.1,
                          "test_fraction": 0.1})

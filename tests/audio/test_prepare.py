@@ -12,8 +12,8 @@ import pytest
 import ct_audio.audio_io as audio_io
 from ct_audio.frontend import AudioFrontEnd
 from ct_core.errors import DataError
-from ct_core.frontend import SPLITS, build_frontend
-from ct_core.token_store import TokenStore
+from ct_core.data.frontend import SPLITS, build_frontend
+from ct_core.data.token_store import TokenStore
 
 from .conftest import reference_codes, tone, write
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from ct_audio.corpora import DEMO_ROOT, list_corpus
-from ct_core.frontend import SPLITS, build_frontend
+from ct_core.data.frontend import SPLITS, build_frontend
 
 
 def _prepare(tmp_path, **data):

@@ -15,7 +15,7 @@ from ct_audio.frontend import AudioFrontEnd
 from ct_audio.mulaw import mulaw_decode
 from ct_audio.wav_out import spectrogram_figure
 from ct_core.errors import ConfigError, DataError
-from ct_core.frontend import build_frontend, frontend_class
+from ct_core.data.frontend import build_frontend, frontend_class
 
 from .conftest import reference_codes, tone, write
 

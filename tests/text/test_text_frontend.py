@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from ct_core.errors import ConfigError, DataError
-from ct_core.frontend import build_frontend
+from ct_core.data.frontend import build_frontend
 from ct_text.frontend import TextConfig, TextFrontEnd
 
 PROMPT = "The war \u2014 caf\u00e9 \u65e5\u672c\r\nnext line"

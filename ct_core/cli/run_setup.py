@@ -1,0 +1,49 @@
+"""Turn a resolved recipe into a front end and a validated run config, and
+check that a checkpoint fits it. Shared by ct-train, ct-eval and ct-sample."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+from ct_core.errors import CheckpointError
+from ct_core.data.frontend import FrontEnd, build_frontend
+from ct_core.train.run_config import RunConfig
+
+#: Sections whose values decide the model's shape; a checkpoint must agree.
+MODEL_SECTIONS = ("model", "memory", "compression")
+
+
+def build_run(raw: Mapping[str, Any], frontend_state: Mapping[str, Any] | None = None) -> tuple[RunConfig, FrontEnd]:
+    """Validate the recipe (sections and keys) and build its front end."""
+    RunConfig.from_dict(raw)  # section/key errors first, before touching data
+    frontend = build_frontend(raw["data"], state=frontend_state)
+    return RunConfig.from_dict(raw, vocab_size=frontend.vocab_size), frontend
+
+
+def check_compatible(path: Path, saved: Mapping[str, Any], current: Mapping[str, Any]) -> None:
+    """A one-line error naming the first model option where the checkpoint's
+    config differs from the run's."""
+    for section in MODEL_SECTIONS:
+        a, b = saved.get(section) or {}, current.get(section) or {}
+        for key in sorted(set(a) | set(b)):
+            if a.get(key) != b.get(key):
+                raise CheckpointError(
+                    f"{path}: checkpoint has {section}.{key}={a.get(key)!r} but this run has "
+                    f"{section}.{key}={b.get(key)!r}; resume with the checkpoint's recipe or start a new run"
+                )
+
+
+def load_model(path: Path, payload: Mapping[str, Any], cfg: RunConfig, frontend: FrontEnd):
+    """The checkpoint's model, with a one-line error when the weights do not fit."""
+    import dataclasses
+
+    from ct_core.model.lm import CompressiveTransformerLM
+
+    model = CompressiveTransformerLM(dataclasses.replace(cfg.model, vocab_size=frontend.vocab_size))
+    try:
+        model.load_state_dict(payload["model"])
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[0]
+        raise CheckpointError(f"{path}: weights do not match the checkpoint's config ({first})") from None
+    return model.eval()

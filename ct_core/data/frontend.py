@@ -1,0 +1,164 @@
+"""The one seam between the modality-agnostic core and a modality.
+
+A front end turns a corpus into ordered documents of token ids, turns a
+model's NLL into the modality's metric, and turns sampled token ids back into
+files (WAV, text). The trainer, evaluator and sampler only ever talk to this
+interface; they never learn about bytes, subwords or μ-law.
+
+Front ends are looked up by short name through :data:`FRONTENDS`, a table of
+lazy import paths, so ``import ct_core`` loads no front-end library
+(torchaudio, librosa, sentencepiece).
+
+Configuration: the ``data`` section of a recipe is a flat mapping. Its key
+``frontend`` picks the front end; every other key must be a field of that
+front end's ``Config`` dataclass (unknown keys are a one-line
+:class:`~ct_core.errors.ConfigError`).
+
+Example::
+
+    fe = build_frontend({"frontend": "synthetic", "n_documents": 8})
+    fe.prepare()
+    docs = fe.documents("train")          # list of 1-D integer arrays
+"""
+
+from __future__ import annotations
+
+import abc
+import argparse
+import dataclasses
+import importlib
+from pathlib import Path
+from typing import Any, ClassVar, Mapping, Sequence
+
+import numpy as np
+
+from ct_core.errors import ConfigError
+
+SPLITS = ("train", "valid", "test")
+
+#: short name -> "module:Class". Imported only when a recipe asks for it.
+FRONTENDS: dict[str, str] = {
+    "synthetic": "ct_core.data.synthetic:SyntheticFrontEnd",
+    "audio": "ct_audio.frontend:AudioFrontEnd",
+    "text": "ct_text.frontend:TextFrontEnd",
+}
+
+
+class FrontEnd(abc.ABC):
+    """Base class of every modality front end.
+
+    Subclasses set ``name`` and ``Config`` (a dataclass of their options) and
+    implement the abstract methods. ``state`` is what :meth:`state_dict`
+    returned when the checkpoint was written; with it, :meth:`decode`,
+    :meth:`encode_prompt` and :attr:`vocab_size` work without the corpus
+    (e.g. a tokenizer model travels inside the checkpoint).
+    """
+
+    name: ClassVar[str]
+    Config: ClassVar[type]
+
+    def __init__(self, cfg: Any, state: Mapping[str, Any] | None = None) -> None:
+        self.cfg = cfg
+
+    # ------------------------------------------------------------------ data
+    @property
+    @abc.abstractmethod
+    def vocab_size(self) -> int:
+        """Number of token ids; ids lie in ``[0, vocab_size)``."""
+
+    @abc.abstractmethod
+    def prepare(self, progress: bool = True) -> None:
+        """Build (or find cached) token shards on disk. Idempotent: a second
+        call with an unchanged corpus and settings is a cache hit."""
+
+    @abc.abstractmethod
+    def documents(self, split: str) -> Sequence[np.ndarray]:
+        """Ordered documents of ``split`` (one of :data:`SPLITS`), each a 1-D
+        integer array (usually a read-only memmap view). Calls
+        :meth:`prepare` first if needed."""
+
+    @abc.abstractmethod
+    def metrics(self, nll_sum: float, n_tokens: int, split: str, complete: bool = True) -> dict[str, float]:
+        """The modality's metrics from the summed NLL (nats) over ``n_tokens``
+        predicted tokens of a pass over ``split``. ``complete=False`` (a
+        pass cut short) keeps the per-token metrics under the same names and
+        leaves out those that need the whole split (baselines, per word)."""
+
+    # ------------------------------------------------------------ checkpoint
+    def state_dict(self) -> dict[str, Any]:
+        """Small state a checkpoint needs to rebuild this front end without
+        the corpus. Values must load with ``torch.load(weights_only=True)``:
+        tensors, numbers, strings, lists and dicts of those."""
+        return {}
+
+    # -------------------------------------------------------------- sampling
+    @classmethod
+    def add_sample_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        """Add the modality's own ``ct-sample`` options (prompt, length...)."""
+
+    @abc.abstractmethod
+    def encode_prompt(self, args: argparse.Namespace) -> np.ndarray:
+        """The prompt (text) or priming clip (audio) as token ids ``[P]``;
+        ``P`` may be 0."""
+
+    def start_token(self) -> int:
+        """The token that starts generation when there is no prompt
+        (audio: the μ-law code of silence; text: a newline)."""
+        return 0
+
+    @abc.abstractmethod
+    def num_new_tokens(self, args: argparse.Namespace) -> int:
+        """How many tokens ``ct-sample`` should generate after the prompt."""
+
+    @abc.abstractmethod
+    def decode(self, tokens: np.ndarray, out: Path, prompt_len: int) -> list[Path]:
+        """Write ``tokens`` ``[B, P + N]`` (prompt included) as files under or
+        at ``out`` (a file for one stream, else a folder) and return them."""
+
+    def stream_text(self, new_tokens: np.ndarray) -> str | None:
+        """Text to print while sampling a single stream, for ``new_tokens``
+        ``[k]``; ``None`` when the modality has nothing to stream."""
+        return None
+
+    def speed_summary(self, n_new_tokens: int, batch: int, seconds: float) -> str:
+        """One line on sampling speed (audio adds the real-time factor)."""
+        rate = n_new_tokens * batch / max(seconds, 1e-9)
+        return f"{n_new_tokens * batch} tokens in {seconds:.2f} s ({rate:,.0f} tokens/s)"
+
+    def log_samples(self, writer: Any, tokens: np.ndarray, step: int) -> None:
+        """Log sampled ``tokens`` ``[B, T]`` to a TensorBoard ``SummaryWriter``
+        at evaluation time (audio clips, spectrograms, text)."""
+
+
+def frontend_class(name: str) -> type[FrontEnd]:
+    """Import the front end registered as ``name``."""
+    if name not in FRONTENDS:
+        raise ConfigError(
+            f"data.frontend={name!r} is unknown; choose one of {sorted(FRONTENDS)}"
+        )
+    module_name, class_name = FRONTENDS[name].split(":")
+    return getattr(importlib.import_module(module_name), class_name)
+
+
+def dataclass_from_mapping(cls: type, values: Mapping[str, Any], prefix: str) -> Any:
+    """Build dataclass ``cls`` from ``values``; an unknown key is a one-line
+    :class:`ConfigError` naming ``prefix.key`` and the allowed keys."""
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - fields)
+    if unknown:
+        raise ConfigError(
+            f"{prefix}.{unknown[0]} is not an option of {prefix}; "
+            f"allowed: {', '.join(sorted(fields))}"
+        )
+    return cls(**dict(values))
+
+
+def build_frontend(data: Mapping[str, Any], state: Mapping[str, Any] | None = None) -> FrontEnd:
+    """Build the front end described by a recipe's ``data`` section."""
+    values = dict(data)
+    name = values.pop("frontend", None)
+    if name is None:
+        raise ConfigError(f"data.frontend is missing; choose one of {sorted(FRONTENDS)}")
+    cls = frontend_class(name)
+    cfg = dataclass_from_mapping(cls.Config, values, "data")
+    return cls(cfg, state=state)

@@ -1,0 +1,70 @@
+"""Complete evaluation passes: every target of a split exactly once.
+
+Lanes walk whole documents (see :class:`~ct_core.data.stream_batcher.StreamBatcher`
+in eval mode), memory is carried across a document's segments and reset
+between documents, and the summed NLL and token count go to the front end's
+:meth:`~ct_core.data.frontend.FrontEnd.metrics`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ct_core.train.distributed import DistContext, all_reduce_sum
+from ct_core.train.runtime import autocast_context
+from ct_core.model.lm import CompressiveTransformerLM
+from ct_core.data.stream_batcher import IGNORE_INDEX, StreamBatcher
+
+
+@dataclass
+class EvalResult:
+    nll_sum: float  # nats, summed over predicted tokens
+    n_tokens: int
+    complete: bool  # False when cut short by max_batches
+
+    @property
+    def nll(self) -> float:
+        return self.nll_sum / max(self.n_tokens, 1)
+
+
+@torch.no_grad()
+def evaluate(
+    model: CompressiveTransformerLM,
+    documents: Sequence[np.ndarray],
+    batch_size: int,
+    mem_len: int,
+    cmem_len: int,
+    device: torch.device,
+    precision: str = "auto",
+    max_batches: int | None = None,
+    ctx: DistContext | None = None,
+) -> EvalResult:
+    """Summed NLL over a split; ``mem_len``/``cmem_len`` may differ from training."""
+    ctx = ctx or DistContext()
+    was_training = model.training
+    model.eval()
+    batcher = StreamBatcher(documents, batch_size=batch_size, seq_len=model.cfg.seq_len, mode="eval",
+                            seed=0, shuffle=False, rank=ctx.rank, world_size=ctx.world_size)
+    memory = model.empty_memory(batch_size // ctx.world_size, mem_len, cmem_len, device=device)
+    nll_sum, n_tokens, complete = 0.0, 0, True
+    try:
+        for i, batch in enumerate(batcher):
+            if max_batches is not None and i >= max_batches:
+                complete = False
+                break
+            batch = batch.to(device)
+            with autocast_context(device, precision):
+                out = model(batch.x, memory, batch.reset)
+            memory = out.memory
+            nll_sum += F.cross_entropy(out.logits.float().flatten(0, 1), batch.y.flatten(),
+                                       ignore_index=IGNORE_INDEX, reduction="sum").item()
+            n_tokens += batch.n_targets
+    finally:
+        model.train(was_training)
+    nll_sum, n_tokens = all_reduce_sum(ctx, [nll_sum, float(n_tokens)], device)
+    return EvalResult(nll_sum=nll_sum, n_tokens=int(n_tokens), complete=complete)

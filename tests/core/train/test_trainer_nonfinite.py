@@ -1,0 +1,57 @@
+"""A non-finite loss skips the step, is logged, and stops the run with a clear
+message after trainer.max_nonfinite in a row; the last checkpoint survives."""
+
+import json
+
+import pytest
+import torch
+
+from ct_core.train.checkpoint import load_checkpoint
+from ct_core.cli.common import compose_recipe
+from ct_core.cli.run_setup import build_run
+from ct_core.train.trainer import NonFiniteLossError, Trainer
+
+
+def make_trainer(tmp_path, *overrides):
+    raw = compose_recipe(["experiment=smoke/synthetic", "trainer.steps=30", "trainer.save_every=5",
+                          "trainer.eval_every=100", "trainer.sample_tokens=0", *overrides], "test")
+    cfg, fe = build_run(raw)
+    return Trainer(cfg, fe, tmp_path)
+
+
+def poison_after(trainer, good_steps, stop_after=None):
+    """Make the model's logits NaN after ``good_steps`` calls (until ``stop_after``)."""
+    forward = trainer.model.forward
+    calls = {"n": 0}
+
+    def patched(*args, **kwargs):
+        out = forward(*args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] > good_steps and (stop_after is None or calls["n"] <= stop_after):
+            out.logits = out.logits * float("nan")
+        return out
+
+    trainer.model.forward = patched
+    trainer.forward = trainer.model
+
+
+def test_nan_steps_are_skipped_then_training_continues(tmp_path):
+    trainer = make_trainer(tmp_path, "trainer.max_nonfinite=5")
+    poison_after(trainer, good_steps=7, stop_after=10)  # three bad steps in a row
+    trainer.fit()
+    assert trainer.step == 30
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+    records = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["nonfinite_skipped"] for r in records if "nonfinite_skipped" in r] == [1, 2, 3]
+
+
+def test_too_many_nans_stop_with_a_clear_message_and_keep_the_checkpoint(tmp_path):
+    trainer = make_trainer(tmp_path, "trainer.max_nonfinite=3")
+    poison_after(trainer, good_steps=12)
+    with pytest.raises(NonFiniteLossError) as err:
+        trainer.fit()
+    msg = str(err.value)
+    assert "non-finite for 3 steps in a row at step 13" in msg and "last good checkpoint: " in msg and "last.pt" in msg
+    payload = load_checkpoint(tmp_path / "checkpoints" / "last.pt", for_resume=True)
+    assert payload["step"] == 10
+    assert all(torch.isfinite(v).all() for v in payload["model"].values())
