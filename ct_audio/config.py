@@ -1,4 +1,5 @@
-"""Options of the audio front end: the ``data`` section of an audio recipe.
+"""Options of the audio front end: the ``data`` section of an audio recipe
+(:class:`AudioConfig`) and the options of ``ct-sample`` (:class:`AudioSampleRequest`).
 
 Every key of the recipe's ``data`` mapping except ``frontend`` is a field of
 :class:`AudioConfig`; values are checked when the config is built, so a bad
@@ -13,10 +14,13 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Callable
 
 from ct_audio.audio_io import NORMALIZE_MODES, Preprocessor
 from ct_audio.corpora import CORPORA
+from ct_core.data.frontend import SampleRequest
 from ct_core.errors import ConfigError
+from ct_core.options import section_key
 from ct_core.data.token_store import default_cache_dir
 
 
@@ -64,26 +68,29 @@ class AudioConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self, key: Callable[[str], str] = section_key("data")) -> None:
+        """One-line errors naming the option (``key``: its name in the recipe)."""
         if self.corpus not in CORPORA:
-            raise ConfigError(f"data.corpus={self.corpus!r} is unknown; choose one of {', '.join(CORPORA)}")
-        if int(self.sample_rate) <= 0:
-            raise ConfigError(f"data.sample_rate={self.sample_rate} must be a positive rate in Hz, e.g. 24000")
-        if not 1 <= int(self.mu) <= 255:
-            raise ConfigError(f"data.mu={self.mu} must lie in 1..255 so codes fit one byte (255: 8-bit μ-law)")
+            raise ConfigError(f"{key('corpus')}={self.corpus!r} is unknown; choose one of {', '.join(CORPORA)}")
+        if self.sample_rate <= 0:
+            raise ConfigError(f"{key('sample_rate')}={self.sample_rate} must be a positive rate in Hz, e.g. 24000")
+        if not 1 <= self.mu <= 255:
+            raise ConfigError(f"{key('mu')}={self.mu} must lie in 1..255 so codes fit one byte (255: 8-bit μ-law)")
         if self.normalize not in NORMALIZE_MODES:
-            raise ConfigError(f"data.normalize={self.normalize!r} is unknown; choose one of {NORMALIZE_MODES}")
+            raise ConfigError(f"{key('normalize')}={self.normalize!r} is unknown; choose one of {NORMALIZE_MODES}")
         for name in ("valid_fraction", "test_fraction"):
             if not 0.0 <= getattr(self, name) < 1.0:
-                raise ConfigError(f"data.{name}={getattr(self, name)} must lie in [0, 1)")
+                raise ConfigError(f"{key(name)}={getattr(self, name)} must lie in [0, 1)")
         if self.valid_fraction + self.test_fraction >= 1.0:
-            raise ConfigError("data.valid_fraction + data.test_fraction must be below 1 to leave training data")
-        if self.max_files is not None and int(self.max_files) < 1:
-            raise ConfigError(f"data.max_files={self.max_files} must be a positive count or null")
-        if self.chunk_samples is not None and int(self.chunk_samples) < 2:
-            raise ConfigError(f"data.chunk_samples={self.chunk_samples} must be at least 2 samples, or null")
+            raise ConfigError(f"{key('valid_fraction')} + {key('test_fraction')} must be below 1 to leave training data")
+        if self.max_files is not None and self.max_files < 1:
+            raise ConfigError(f"{key('max_files')}={self.max_files} must be a positive count or null")
+        if self.chunk_samples is not None and self.chunk_samples < 2:
+            raise ConfigError(f"{key('chunk_samples')}={self.chunk_samples} must be at least 2 samples, or null")
         if self.top_db <= 0:
-            raise ConfigError(f"data.top_db={self.top_db} must be positive (dB below the loudest frame)")
-        self.sample_rate, self.mu = int(self.sample_rate), int(self.mu)
+            raise ConfigError(f"{key('top_db')}={self.top_db} must be positive (dB below the loudest frame)")
 
     @property
     def vocab_size(self) -> int:
@@ -105,3 +112,21 @@ class AudioConfig:
     def token_settings(self) -> dict:
         """Every setting that changes the prepared tokens (for the content hash)."""
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("cache_dir", "root", "chunk_samples")}
+
+
+@dataclasses.dataclass
+class AudioSampleRequest(SampleRequest):
+    """``ct-sample`` options of an audio checkpoint."""
+
+    seconds: float = dataclasses.field(
+        default=3.0, metadata={"help": "seconds of audio to generate after the priming clip (default 3)"})
+    prime: str | None = dataclasses.field(
+        default=None, metadata={"help": "audio file whose beginning primes the generation", "metavar": "FILE"})
+    prime_seconds: float = dataclasses.field(
+        default=1.0, metadata={"help": "seconds of --prime to use (default 1.0)", "metavar": "S"})
+
+    def validate(self) -> None:
+        if self.seconds < 0:
+            raise ConfigError(f"--seconds {self.seconds}: must not be negative")
+        if self.prime_seconds <= 0:
+            raise ConfigError(f"--prime-seconds {self.prime_seconds}: must be positive")

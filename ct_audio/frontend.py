@@ -14,7 +14,6 @@ Example::
 
 from __future__ import annotations
 
-import argparse
 import math
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -23,12 +22,12 @@ import numpy as np
 
 from ct_audio.audio_io import UnusableAudio
 from ct_audio.baselines import CACHE_FILE, cached_baselines
-from ct_audio.config import AudioConfig
+from ct_audio.config import AudioConfig, AudioSampleRequest
 from ct_audio.mulaw import mulaw_decode, mulaw_encode
 from ct_audio.prepare import plan_preparation, prepare_store
 from ct_audio.wav_out import figure_to_rgb, spectrogram_figure, write_spectrogram_png, write_wav
 from ct_core.errors import ConfigError, DataError
-from ct_core.data.frontend import SPLITS, FrontEnd
+from ct_core.data.frontend import FrontEnd, SampleMedia, check_split
 from ct_core.data.token_store import TokenStore
 
 #: Streams logged to TensorBoard per evaluation.
@@ -44,6 +43,7 @@ class AudioFrontEnd(FrontEnd):
 
     name = "audio"
     Config = AudioConfig
+    SampleRequest = AudioSampleRequest
 
     def __init__(self, cfg: AudioConfig, state: Mapping[str, Any] | None = None) -> None:
         super().__init__(cfg, state)
@@ -66,8 +66,7 @@ class AudioFrontEnd(FrontEnd):
         return self._store
 
     def documents(self, split: str) -> Sequence[np.ndarray]:
-        if split not in SPLITS:
-            raise ConfigError(f"split={split!r} is unknown; choose one of {SPLITS}")
+        check_split(split)
         return self._chunked(self.store.documents(split))
 
     def _chunked(self, documents: Sequence[np.ndarray]) -> Sequence[np.ndarray]:
@@ -103,30 +102,17 @@ class AudioFrontEnd(FrontEnd):
         return out
 
     # -------------------------------------------------------------- sampling
-    @classmethod
-    def add_sample_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--seconds", type=float, default=3.0,
-                            help="seconds of audio to generate after the priming clip (default 3)")
-        parser.add_argument("--prime", type=Path, default=None, metavar="FILE",
-                            help="audio file whose beginning primes the generation")
-        parser.add_argument("--prime-seconds", type=float, default=1.0, metavar="S",
-                            help="seconds of --prime to use (default 1.0)")
-
-    def encode_prompt(self, args: argparse.Namespace) -> np.ndarray:
+    def encode_prompt(self, request: AudioSampleRequest) -> np.ndarray:
         """μ-law codes ``[P]`` (int64) of the first ``--prime-seconds`` of
         ``--prime``, preprocessed exactly like the training data; ``[0]``
         without ``--prime``."""
-        prime = getattr(args, "prime", None)
-        if prime is None or str(prime) == "":
+        if not request.prime:
             return np.zeros(0, dtype=np.int64)
-        seconds = float(getattr(args, "prime_seconds", 1.0))
-        if seconds <= 0:
-            raise ConfigError(f"--prime-seconds={seconds} must be positive")
         try:
-            clip = self.cfg.preprocessor().load(prime)
+            clip = self.cfg.preprocessor().load(Path(request.prime))
         except UnusableAudio as e:
-            raise DataError(f"--prime {prime}: {e.reason}") from None
-        wave = clip.wave[: round(seconds * self.cfg.sample_rate)]  # [P]
+            raise DataError(f"--prime {request.prime}: {e.reason}") from None
+        wave = clip.wave[: round(request.prime_seconds * self.cfg.sample_rate)]  # [P]
         return mulaw_encode(wave, self.cfg.mu).astype(np.int64)
 
     def start_token(self) -> int:
@@ -134,11 +120,8 @@ class AudioFrontEnd(FrontEnd):
         starts from a quiet sample."""
         return int(mulaw_encode(np.zeros(1, dtype=np.float32), self.cfg.mu)[0])
 
-    def num_new_tokens(self, args: argparse.Namespace) -> int:
-        seconds = float(getattr(args, "seconds", 3.0))
-        if seconds < 0:
-            raise ConfigError(f"--seconds={seconds} must not be negative")
-        return round(seconds * self.cfg.sample_rate)
+    def num_new_tokens(self, request: AudioSampleRequest) -> int:
+        return round(request.seconds * self.cfg.sample_rate)
 
     def decode(self, tokens: np.ndarray, out: Path, prompt_len: int) -> list[Path]:
         """Write each stream of ``tokens`` ``[B, P + N]`` as a 16-bit WAV at the
@@ -180,12 +163,14 @@ class AudioFrontEnd(FrontEnd):
         return (f"{batch} x {n_new_tokens:,} samples ({n_new_tokens / sr:.2f} s of audio each) "
                 f"in {seconds:.2f} s: {rate:,.0f} samples/s, real-time factor {rate / sr:.3f}")
 
-    def log_samples(self, writer: Any, tokens: np.ndarray, step: int) -> None:
+    def render_samples(self, tokens: np.ndarray, step: int) -> SampleMedia:
         """Audio clips and spectrograms of the first few streams of ``tokens``
         ``[B, T]``."""
         sr = self.cfg.sample_rate
+        media = SampleMedia()
         for i, stream in enumerate(np.atleast_2d(np.asarray(tokens))[:_LOGGED_STREAMS]):
             wave = mulaw_decode(stream, self.cfg.mu)  # [T]
-            writer.add_audio(f"samples/audio_{i}", wave[None, :], step, sample_rate=sr)
+            media.audio[f"samples/audio_{i}"] = (wave, sr)
             fig = spectrogram_figure(wave, sr, f"sample {i}, step {step}")
-            writer.add_image(f"samples/spectrogram_{i}", figure_to_rgb(fig), step, dataformats="HWC")
+            media.images[f"samples/spectrogram_{i}"] = figure_to_rgb(fig)
+        return media

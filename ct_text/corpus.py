@@ -33,8 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping
 
-from ct_core.errors import ConfigError, DataError
-from ct_core.data.frontend import SPLITS
+from ct_core.errors import DataError
 
 BOM = codecs.BOM_UTF8
 
@@ -109,8 +108,3 @@ def count_words(text: str) -> int:
     return sum(len(line.split()) for line in text.split("\n"))
 
 
-def check_split(split: str) -> str:
-    """``split`` itself, or a one-line ConfigError naming the allowed splits."""
-    if split not in SPLITS:
-        raise ConfigError(f"split={split!r} is unknown; choose one of {list(SPLITS)}")
-    return split

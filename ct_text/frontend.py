@@ -1,13 +1,10 @@
 """The text front end: enwik8 bytes, PG-19 subwords, generic text files.
 
-Implements :class:`ct_core.data.frontend.FrontEnd` for text. ``prepare`` reads the
-corpus (:mod:`ct_text.enwik8`, :mod:`ct_text.pg19`, :mod:`ct_text.text_files`),
-tokenizes it (:mod:`ct_text.tokenizer`) and writes a token store at
-``<cache_dir>/text/<hash>/``, the hash covering the settings and the source
-files' paths, sizes and mtimes, so an unchanged corpus is a cache hit that
-reads no text. The manifest records, per split and per document, the
-documents, tokens, bytes and whitespace-separated words that the metrics
-(:mod:`ct_text.text_metrics`) divide by.
+Implements :class:`ct_core.data.frontend.FrontEnd` for text. ``prepare``
+reads the corpus (:mod:`ct_text.enwik8`, :mod:`ct_text.pg19`,
+:mod:`ct_text.text_files`), tokenizes it (:mod:`ct_text.tokenizer`) and
+writes a token store (:mod:`ct_text.store`); options are in
+:mod:`ct_text.config`.
 
 Example::
 
@@ -19,88 +16,29 @@ Example::
 
 from __future__ import annotations
 
-import argparse
 import codecs
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
-from tqdm import tqdm
 
+from ct_core.data.frontend import FrontEnd, SampleMedia, check_split
+from ct_core.data.token_store import TokenStore, content_hash
 from ct_core.errors import ConfigError, DataError
-from ct_core.data.frontend import SPLITS, FrontEnd
-from ct_core.data.token_store import TokenStore, TokenStoreWriter, content_hash, default_cache_dir, token_dtype
-from ct_text.corpus import Corpus, check_split, count_words, decode_text, read_text_file
+from ct_text.config import TextConfig, TextSampleRequest
+from ct_text.corpus import Corpus, decode_text, read_text_file
 from ct_text.enwik8 import enwik8_corpus, resolve_enwik8
 from ct_text.pg19 import pg19_corpus
-from ct_text.text_files import check_fractions, text_file_corpus
+from ct_text.store import store_settings, write_store
+from ct_text.text_files import text_file_corpus
 from ct_text.text_metrics import text_metrics
 from ct_text.tokenizer import (
-    SENTENCEPIECE_TYPES, ByteTokenizer, SentencePieceTokenizer, Tokenizer,
-    load_or_train_sentencepiece, tokenizer_from_state, tokenizer_state,
+    ByteTokenizer, SentencePieceTokenizer, Tokenizer, load_or_train_sentencepiece, tokenizer_from_state,
+    tokenizer_state,
 )
 
 log = logging.getLogger(__name__)
-
-#: corpus -> its tokenizer when ``data.tokenizer`` is not set.
-DEFAULT_TOKENIZERS = {"enwik8": "bytes", "pg19": "sentencepiece", "file": "bytes"}
-TOKENIZERS = ("bytes", "sentencepiece")
-#: Bumped when the store's content or manifest changes, so old stores are not reused.
-STORE_FORMAT = 1
-
-
-@dataclass
-class TextConfig:
-    """Options of the text front end (the ``data`` section of a text recipe).
-
-    ``path``: enwik8's zip or raw file (or a folder holding it); for
-    ``corpus=file`` a text file or a folder of text files. ``root``: the
-    PG-19 folder. ``tokenizer=None`` means the corpus's default (bytes for
-    enwik8 and files, SentencePiece for PG-19). ``vocab_size``,
-    ``sentencepiece_type`` and ``tokenizer_sample_bytes`` (train on a
-    deterministic sample of about that many train bytes) only concern
-    SentencePiece. ``valid_fraction`` / ``test_fraction`` only concern
-    ``corpus=file``. ``cache_dir=None`` is ``ct_core.data.token_store.default_cache_dir()``.
-    """
-
-    corpus: str = "enwik8"
-    path: str | None = None
-    root: str | None = None
-    tokenizer: str | None = None
-    vocab_size: int = 32000
-    sentencepiece_type: str = "unigram"
-    tokenizer_sample_bytes: int | None = None
-    valid_fraction: float = 0.1
-    test_fraction: float = 0.0
-    accept_md5_mismatch: bool = False
-    download: bool = False
-    cache_dir: str | None = None
-
-    @property
-    def tokenizer_kind(self) -> str:
-        return self.tokenizer or DEFAULT_TOKENIZERS[self.corpus]
-
-    def validate(self) -> "TextConfig":
-        """Raise a one-line ConfigError for the first invalid option."""
-        if self.corpus not in DEFAULT_TOKENIZERS:
-            raise ConfigError(f"data.corpus={self.corpus!r} is unknown; choose one of {sorted(DEFAULT_TOKENIZERS)}")
-        if self.tokenizer is not None and self.tokenizer not in TOKENIZERS:
-            raise ConfigError(f"data.tokenizer={self.tokenizer!r} is unknown; choose one of {list(TOKENIZERS)} or null")
-        if self.sentencepiece_type not in SENTENCEPIECE_TYPES:
-            raise ConfigError(
-                f"data.sentencepiece_type={self.sentencepiece_type!r} is unknown; choose one of {list(SENTENCEPIECE_TYPES)}"
-            )
-        # 256 byte pieces + <unk> are always in the vocabulary (byte fallback).
-        if not isinstance(self.vocab_size, int) or self.vocab_size <= 257:
-            raise ConfigError(f"data.vocab_size={self.vocab_size!r} must be an integer > 257 (256 byte pieces + <unk>)")
-        if self.tokenizer_sample_bytes is not None and (
-            not isinstance(self.tokenizer_sample_bytes, int) or self.tokenizer_sample_bytes <= 0
-        ):
-            raise ConfigError(f"data.tokenizer_sample_bytes={self.tokenizer_sample_bytes!r} must be a positive integer or null")
-        check_fractions(self.valid_fraction, self.test_fraction)
-        return self
 
 
 class TextFrontEnd(FrontEnd):
@@ -108,6 +46,7 @@ class TextFrontEnd(FrontEnd):
 
     name = "text"
     Config = TextConfig
+    SampleRequest = TextSampleRequest
 
     def __init__(self, cfg: TextConfig, state: Mapping[str, Any] | None = None) -> None:
         super().__init__(cfg, state)
@@ -124,11 +63,15 @@ class TextFrontEnd(FrontEnd):
     # ------------------------------------------------------------------ data
     @property
     def cache_dir(self) -> Path:
-        return Path(self.cfg.cache_dir).expanduser() if self.cfg.cache_dir else default_cache_dir()
+        return self.cfg.cache_root
 
     @property
     def vocab_size(self) -> int:
-        return self._require_tokenizer().vocab_size
+        """Known without reading the corpus: the loaded tokenizer's, else 256
+        for bytes or ``data.vocab_size`` (SentencePiece trains exactly that many)."""
+        if self._tokenizer is not None:
+            return self._tokenizer.vocab_size
+        return self.cfg.vocab_size
 
     def _require_tokenizer(self) -> Tokenizer:
         if self._tokenizer is None:
@@ -149,22 +92,9 @@ class TextFrontEnd(FrontEnd):
             raise ConfigError("data.path is not set; set data.path=/path/to/text.txt (a text file or a folder of them)")
         return text_file_corpus(Path(cfg.path), cfg.valid_fraction, cfg.test_fraction)
 
-    def _settings(self, corpus: Corpus) -> dict[str, Any]:
-        """Everything the store's content depends on (hashed into its folder name)."""
-        cfg = self.cfg
-        settings: dict[str, Any] = {
-            "format": STORE_FORMAT, "corpus": cfg.corpus, "tokenizer": self._kind, "listing": corpus.listing(),
-        }
-        if self._kind == "sentencepiece":
-            settings.update(vocab_size=cfg.vocab_size, sentencepiece_type=cfg.sentencepiece_type,
-                            tokenizer_sample_bytes=cfg.tokenizer_sample_bytes)
-        if cfg.corpus == "file":
-            settings.update(valid_fraction=cfg.valid_fraction, test_fraction=cfg.test_fraction)
-        return settings
-
     def prepare(self, progress: bool = True) -> None:
         corpus = self._corpus(progress)
-        settings = self._settings(corpus)
+        settings = store_settings(self.cfg, self._kind, corpus)
         path = self.cache_dir / "text" / content_hash(settings)
         if isinstance(self._tokenizer, SentencePieceTokenizer) and not self._store_uses(path, self._tokenizer):
             # A checkpoint's tokenizer differs from the one these settings
@@ -180,7 +110,7 @@ class TextFrontEnd(FrontEnd):
                 self.cfg.tokenizer_sample_bytes, self.cache_dir,
             )
             model_file = model_path.name
-        self._store = TokenStore(self._write_store(path, corpus, self._tokenizer, model_file, progress))
+        self._store = TokenStore(write_store(path, corpus, self._tokenizer, model_file, progress))
 
     @staticmethod
     def _store_uses(path: Path, tokenizer: SentencePieceTokenizer) -> bool:
@@ -200,41 +130,6 @@ class TextFrontEnd(FrontEnd):
             self._tokenizer = tokenizer
         self._store = store
         return True
-
-    def _write_store(
-        self, path: Path, corpus: Corpus, tokenizer: Tokenizer, model_file: str | None, progress: bool
-    ) -> Path:
-        """Tokenize every document and write the store; ``model_file`` names
-        the cached SentencePiece model it used (None: bytes, or a checkpoint's)."""
-        records: dict[str, list[dict[str, Any]]] = {split: [] for split in SPLITS}
-        skipped = []
-        total = sum(doc.size for doc in corpus.documents)
-        with TokenStoreWriter(path, token_dtype(tokenizer.vocab_size)) as writer, tqdm(
-            total=total, unit="B", unit_scale=True, desc=f"tokenizing {corpus.name}", disable=not progress
-        ) as bar:
-            for doc in corpus.documents:
-                data = doc.read()
-                bar.update(doc.size)
-                if not data:
-                    skipped.append({"split": doc.split, "name": doc.name, "reason": "empty"})
-                    continue
-                ids = tokenizer.encode(data)  # [L]
-                writer.add(doc.split, ids)
-                records[doc.split].append({
-                    "name": doc.name, **doc.meta, "bytes": len(data),
-                    "words": count_words(decode_text(data)), "tokens": int(ids.size),
-                })
-            counts = {
-                split: {"documents": len(rows), **{k: sum(r[k] for r in rows) for k in ("tokens", "bytes", "words")}}
-                for split, rows in records.items()
-            }
-            manifest = {
-                "frontend": self.name, "format": STORE_FORMAT, "corpus": corpus.name, "source": str(corpus.root),
-                "tokenizer": {"kind": tokenizer.kind, "vocab_size": tokenizer.vocab_size,
-                              "sha256": getattr(tokenizer, "sha256", None), "model": model_file},
-                "counts": counts, "documents": records, "skipped": skipped,
-            }
-            return writer.finish(manifest, splits=SPLITS)
 
     def documents(self, split: str) -> Sequence[np.ndarray]:
         check_split(split)
@@ -262,23 +157,17 @@ class TextFrontEnd(FrontEnd):
         return tokenizer_state(self._require_tokenizer())
 
     # -------------------------------------------------------------- sampling
-    @classmethod
-    def add_sample_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        prompt = parser.add_mutually_exclusive_group()
-        prompt.add_argument("--prompt", default=None, help="text the samples continue")
-        prompt.add_argument("--prompt-file", default=None, help="file whose text the samples continue")
-        parser.add_argument("--tokens", type=int, default=400, help="tokens to generate after the prompt (default 400)")
-
-    def encode_prompt(self, args: argparse.Namespace) -> np.ndarray:
+    def encode_prompt(self, request: TextSampleRequest) -> np.ndarray:
         """The prompt as ids ``[P]`` int64. Also starts a new streamed text."""
         self._stream.reset()
-        prompt_file = getattr(args, "prompt_file", None)
-        if prompt_file:
-            if not Path(prompt_file).is_file():
-                raise DataError(f"--prompt-file {prompt_file}: no such file; give an existing text file or use --prompt")
-            data = read_text_file(Path(prompt_file))
+        if request.prompt_file:
+            if not Path(request.prompt_file).is_file():
+                raise DataError(
+                    f"--prompt-file {request.prompt_file}: no such file; give an existing text file or use --prompt"
+                )
+            data = read_text_file(Path(request.prompt_file))
         else:
-            data = (getattr(args, "prompt", None) or "").encode("utf-8")
+            data = (request.prompt or "").encode("utf-8")
         return np.asarray(self._require_tokenizer().encode(data), dtype=np.int64)
 
     def start_token(self) -> int:
@@ -286,10 +175,8 @@ class TextFrontEnd(FrontEnd):
         unprompted text starts as if at the beginning of a line."""
         return int(self._require_tokenizer().encode(b"\n")[0])
 
-    def num_new_tokens(self, args: argparse.Namespace) -> int:
-        if args.tokens < 0:
-            raise ConfigError(f"--tokens {args.tokens}: must be >= 0")
-        return int(args.tokens)
+    def num_new_tokens(self, request: TextSampleRequest) -> int:
+        return request.tokens
 
     def decode(self, tokens: np.ndarray, out: Path, prompt_len: int) -> list[Path]:
         """Write each stream of ``tokens`` ``[B, P + N]``, prompt included, as
@@ -316,8 +203,8 @@ class TextFrontEnd(FrontEnd):
         across calls is printed once, when its last byte arrives."""
         return self._stream.decode(self._require_tokenizer().token_bytes(new_tokens))
 
-    def log_samples(self, writer: Any, tokens: np.ndarray, step: int) -> None:
+    def render_samples(self, tokens: np.ndarray, step: int) -> SampleMedia:
         """The first stream of ``tokens`` ``[B, T]`` as TensorBoard text."""
         text = decode_text(self._require_tokenizer().token_bytes(np.asarray(tokens)[0]))
         # TensorBoard renders markdown; a 4-space indent keeps line breaks and markup as written.
-        writer.add_text("samples/text", "    " + text.replace("\n", "\n    "), step)
+        return SampleMedia(texts={"samples/text": "    " + text.replace("\n", "\n    ")})

@@ -28,18 +28,6 @@ from ct_core.errors import ConfigError, DataError
 from ct_text.corpus import BOM, Corpus, TextDocument, read_text_file
 
 
-def check_fractions(valid_fraction: float, test_fraction: float) -> None:
-    """One-line ConfigError unless both fractions are in [0, 1) and leave train data."""
-    for name, value in (("valid_fraction", valid_fraction), ("test_fraction", test_fraction)):
-        if not 0.0 <= float(value) < 1.0:
-            raise ConfigError(f"data.{name}={value!r} must lie in [0, 1)")
-    if valid_fraction + test_fraction >= 1.0:
-        raise ConfigError(
-            f"data.valid_fraction + data.test_fraction = {valid_fraction + test_fraction} "
-            "must be < 1 so that some text is left for training"
-        )
-
-
 def single_file_ranges(n_bytes: int, valid_fraction: float, test_fraction: float) -> dict[str, tuple[int, int]]:
     """Byte ranges ``[start, stop)`` of train / valid / test of one file, in file order."""
     train_end = int(n_bytes * (1.0 - valid_fraction - test_fraction))
@@ -105,7 +93,6 @@ def _folder_corpus(folder: Path, valid_fraction: float, test_fraction: float) ->
 
 def text_file_corpus(path: Path, valid_fraction: float = 0.1, test_fraction: float = 0.0) -> Corpus:
     """A text file or a folder of text files as a :class:`Corpus` (see the module docstring)."""
-    check_fractions(valid_fraction, test_fraction)
     path = Path(path).expanduser()
     if path.is_file():
         return _single_file_corpus(path, valid_fraction, test_fraction)

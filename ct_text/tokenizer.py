@@ -19,6 +19,8 @@ SentencePiece settings, and why:
   UTF-8 bytes, so nothing is ever ``<unk>``. Newlines are never seen in
   training (it trains on lines) and are always the byte piece ``<0x0A>``;
   ``\\r`` of CRLF text is a character like any other.
+* ``hard_vocab_limit=True``: exactly ``vocab_size`` pieces or a one-line
+  error, so the model's vocabulary is known before any training text is read.
 * ``num_threads=1``, all sentences, no shuffling, a fixed random seed: the
   same text gives the same model bytes on every machine with the same
   SentencePiece version (which is part of the cache hash).
@@ -71,7 +73,7 @@ TRAINER_OPTIONS = dict(
     num_threads=1,
     input_sentence_size=0,
     shuffle_input_sentence=False,
-    hard_vocab_limit=False,
+    hard_vocab_limit=True,
     max_sentence_length=16384,
     minloglevel=2,
 )

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping
 
-from ct_core.errors import CheckpointError
+from ct_core.errors import CheckpointError, ConfigError
 from ct_core.data.frontend import FrontEnd, build_frontend
 from ct_core.train.run_config import RunConfig
 
@@ -15,9 +15,12 @@ MODEL_SECTIONS = ("model", "memory", "compression")
 
 
 def build_run(raw: Mapping[str, Any], frontend_state: Mapping[str, Any] | None = None) -> tuple[RunConfig, FrontEnd]:
-    """Validate the recipe (sections and keys) and build its front end."""
-    RunConfig.from_dict(raw)  # section/key errors first, before touching data
-    frontend = build_frontend(raw["data"], state=frontend_state)
+    """Validate the recipe and build its front end (no data is read: the
+    front end knows its vocabulary size from its options or ``frontend_state``)."""
+    data = raw.get("data")
+    if not isinstance(data, dict):
+        raise ConfigError("data is missing: pick a data recipe, e.g. data=audio_demo")
+    frontend = build_frontend(data, state=frontend_state)
     return RunConfig.from_dict(raw, vocab_size=frontend.vocab_size), frontend
 
 
@@ -36,11 +39,9 @@ def check_compatible(path: Path, saved: Mapping[str, Any], current: Mapping[str,
 
 def load_model(path: Path, payload: Mapping[str, Any], cfg: RunConfig, frontend: FrontEnd):
     """The checkpoint's model, with a one-line error when the weights do not fit."""
-    import dataclasses
-
     from ct_core.model.lm import CompressiveTransformerLM
 
-    model = CompressiveTransformerLM(dataclasses.replace(cfg.model, vocab_size=frontend.vocab_size))
+    model = CompressiveTransformerLM(cfg.model)
     try:
         model.load_state_dict(payload["model"])
     except RuntimeError as err:

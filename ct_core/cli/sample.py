@@ -11,9 +11,13 @@ writes the output (WAV + spectrogram for audio, text for text)::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
+import types
+import typing
 from pathlib import Path
+from typing import Any
 
 from ct_core.cli.common import user_errors
 from ct_core.errors import ConfigError
@@ -43,6 +47,25 @@ def common_parser(add_help: bool) -> argparse.ArgumentParser:
     return parser
 
 
+def add_request_arguments(parser: argparse.ArgumentParser, request_cls: type) -> None:
+    """One ``--option`` per field of a front end's SampleRequest dataclass."""
+    hints = typing.get_type_hints(request_cls)
+    group = parser.add_argument_group(f"{request_cls.__doc__.strip().splitlines()[0].rstrip('.')}")
+    for f in dataclasses.fields(request_cls):
+        kind = hints[f.name]
+        if typing.get_origin(kind) in (typing.Union, types.UnionType):
+            (kind,) = [a for a in typing.get_args(kind) if a is not type(None)]
+        group.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=kind, default=f.default,
+                           help=f.metadata.get("help"), metavar=f.metadata.get("metavar"))
+
+
+def request_from_args(request_cls: type, args: argparse.Namespace) -> Any:
+    """The front end's SampleRequest from parsed arguments, validated."""
+    request = request_cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(request_cls)})
+    request.validate()
+    return request
+
+
 def run(argv: list[str]) -> list[Path]:
     import numpy as np
     import torch
@@ -56,8 +79,10 @@ def run(argv: list[str]) -> list[Path]:
     first, _ = common_parser(add_help=False).parse_known_args(argv)
     payload = load_checkpoint(first.checkpoint)
     parser = common_parser(add_help=True)
-    frontend_class(payload["config"]["data"]["frontend"]).add_sample_arguments(parser)
+    request_cls = frontend_class(payload["config"]["data"]["frontend"]).SampleRequest
+    add_request_arguments(parser, request_cls)
     args = parser.parse_args(argv)
+    request = request_from_args(request_cls, args)
     if args.batch < 1:
         raise ConfigError(f"--batch={args.batch} must be at least 1")
     if args.top_p is not None and not 0.0 < args.top_p <= 1.0:
@@ -68,10 +93,10 @@ def run(argv: list[str]) -> list[Path]:
     cfg, frontend = build_run(payload["config"], payload["frontend"])
     device = resolve_device(args.device, option="--device ")
     model = load_model(args.checkpoint, payload, cfg, frontend).to(device)
-    prompt = np.asarray(frontend.encode_prompt(args), dtype=np.int64)
+    prompt = np.asarray(frontend.encode_prompt(request), dtype=np.int64)
     if prompt.size == 0:
         prompt = np.array([frontend.start_token()], dtype=np.int64)
-    n_new = frontend.num_new_tokens(args)
+    n_new = frontend.num_new_tokens(request)
     prompt_t = torch.as_tensor(prompt, device=device)[None, :].repeat(args.batch, 1)  # [B, P]
     generator = torch.Generator(device=device).manual_seed(args.seed)
     memory = model.empty_memory(args.batch, cfg.eval_mem_len, cfg.eval_cmem_len, device=device)

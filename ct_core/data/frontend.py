@@ -11,8 +11,11 @@ lazy import paths, so ``import ct_core`` loads no front-end library
 
 Configuration: the ``data`` section of a recipe is a flat mapping. Its key
 ``frontend`` picks the front end; every other key must be a field of that
-front end's ``Config`` dataclass (unknown keys are a one-line
-:class:`~ct_core.errors.ConfigError`).
+front end's ``Config`` dataclass, built by
+:func:`~ct_core.options.build_options` (unknown keys, wrong types and the
+Config's ``validate(key)`` are one-line :class:`~ct_core.errors.ConfigError`).
+``vocab_size`` must be known without reading the corpus (from the Config or
+the checkpoint's state), so a run is fully validated before any data work.
 
 Example::
 
@@ -24,15 +27,15 @@ Example::
 from __future__ import annotations
 
 import abc
-import argparse
-import dataclasses
 import importlib
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Mapping, Sequence
 
 import numpy as np
 
 from ct_core.errors import ConfigError
+from ct_core.options import build_options
 
 SPLITS = ("train", "valid", "test")
 
@@ -44,11 +47,32 @@ FRONTENDS: dict[str, str] = {
 }
 
 
+@dataclass
+class SampleRequest:
+    """Base of a front end's sampling options: a dataclass whose fields
+    ``ct-sample`` turns into ``--options`` (help text in each field's
+    ``metadata["help"]``, a placeholder in ``metadata["metavar"]``); its
+    ``validate()`` raises one-line errors naming the option."""
+
+    def validate(self) -> None:
+        """Check the options together (e.g. two that exclude each other)."""
+
+
+@dataclass
+class SampleMedia:
+    """Samples as TensorBoard shows them, by tag."""
+
+    texts: dict[str, str] = field(default_factory=dict)
+    audio: dict[str, tuple[np.ndarray, int]] = field(default_factory=dict)  # [T] float in [-1, 1], rate
+    images: dict[str, np.ndarray] = field(default_factory=dict)  # [H, W, 3] uint8
+
+
 class FrontEnd(abc.ABC):
     """Base class of every modality front end.
 
-    Subclasses set ``name`` and ``Config`` (a dataclass of their options) and
-    implement the abstract methods. ``state`` is what :meth:`state_dict`
+    Subclasses set ``name``, ``Config`` (a dataclass of their data options)
+    and ``SampleRequest`` (a :class:`SampleRequest` dataclass of their
+    sampling options), and implement the abstract methods. ``state`` is what :meth:`state_dict`
     returned when the checkpoint was written; with it, :meth:`decode`,
     :meth:`encode_prompt` and :attr:`vocab_size` work without the corpus
     (e.g. a tokenizer model travels inside the checkpoint).
@@ -56,6 +80,7 @@ class FrontEnd(abc.ABC):
 
     name: ClassVar[str]
     Config: ClassVar[type]
+    SampleRequest: ClassVar[type[SampleRequest]] = SampleRequest
 
     def __init__(self, cfg: Any, state: Mapping[str, Any] | None = None) -> None:
         self.cfg = cfg
@@ -92,14 +117,10 @@ class FrontEnd(abc.ABC):
         return {}
 
     # -------------------------------------------------------------- sampling
-    @classmethod
-    def add_sample_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        """Add the modality's own ``ct-sample`` options (prompt, length...)."""
-
     @abc.abstractmethod
-    def encode_prompt(self, args: argparse.Namespace) -> np.ndarray:
-        """The prompt (text) or priming clip (audio) as token ids ``[P]``;
-        ``P`` may be 0."""
+    def encode_prompt(self, request: Any) -> np.ndarray:
+        """The prompt (text) or priming clip (audio) of ``request`` (a
+        :attr:`SampleRequest`) as token ids ``[P]``; ``P`` may be 0."""
 
     def start_token(self) -> int:
         """The token that starts generation when there is no prompt
@@ -107,8 +128,8 @@ class FrontEnd(abc.ABC):
         return 0
 
     @abc.abstractmethod
-    def num_new_tokens(self, args: argparse.Namespace) -> int:
-        """How many tokens ``ct-sample`` should generate after the prompt."""
+    def num_new_tokens(self, request: Any) -> int:
+        """How many tokens ``request`` asks for after the prompt."""
 
     @abc.abstractmethod
     def decode(self, tokens: np.ndarray, out: Path, prompt_len: int) -> list[Path]:
@@ -125,9 +146,10 @@ class FrontEnd(abc.ABC):
         rate = n_new_tokens * batch / max(seconds, 1e-9)
         return f"{n_new_tokens * batch} tokens in {seconds:.2f} s ({rate:,.0f} tokens/s)"
 
-    def log_samples(self, writer: Any, tokens: np.ndarray, step: int) -> None:
-        """Log sampled ``tokens`` ``[B, T]`` to a TensorBoard ``SummaryWriter``
-        at evaluation time (audio clips, spectrograms, text)."""
+    def render_samples(self, tokens: np.ndarray, step: int) -> SampleMedia:
+        """What sampled ``tokens`` ``[B, T]`` look like in TensorBoard at
+        evaluation time (text, audio clips, spectrograms)."""
+        return SampleMedia()
 
 
 def frontend_class(name: str) -> type[FrontEnd]:
@@ -140,17 +162,11 @@ def frontend_class(name: str) -> type[FrontEnd]:
     return getattr(importlib.import_module(module_name), class_name)
 
 
-def dataclass_from_mapping(cls: type, values: Mapping[str, Any], prefix: str) -> Any:
-    """Build dataclass ``cls`` from ``values``; an unknown key is a one-line
-    :class:`ConfigError` naming ``prefix.key`` and the allowed keys."""
-    fields = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - fields)
-    if unknown:
-        raise ConfigError(
-            f"{prefix}.{unknown[0]} is not an option of {prefix}; "
-            f"allowed: {', '.join(sorted(fields))}"
-        )
-    return cls(**dict(values))
+def check_split(split: str) -> str:
+    """``split`` if it is one of :data:`SPLITS`, else a one-line error."""
+    if split not in SPLITS:
+        raise ConfigError(f"split={split!r} is unknown; choose one of {', '.join(SPLITS)}")
+    return split
 
 
 def build_frontend(data: Mapping[str, Any], state: Mapping[str, Any] | None = None) -> FrontEnd:
@@ -160,5 +176,4 @@ def build_frontend(data: Mapping[str, Any], state: Mapping[str, Any] | None = No
     if name is None:
         raise ConfigError(f"data.frontend is missing; choose one of {sorted(FRONTENDS)}")
     cls = frontend_class(name)
-    cfg = dataclass_from_mapping(cls.Config, values, "data")
-    return cls(cfg, state=state)
+    return cls(build_options(cls.Config, values, "data"), state=state)

@@ -23,16 +23,16 @@ Example::
 
 from __future__ import annotations
 
-import argparse
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
 from ct_core.errors import ConfigError, DataError
-from ct_core.data.frontend import SPLITS, FrontEnd
+from ct_core.options import section_key
+from ct_core.data.frontend import FrontEnd, SampleMedia, SampleRequest, check_split
 from ct_core.data.token_store import token_dtype
 
 KINDS = ("copy", "periodic")
@@ -47,17 +47,17 @@ class SyntheticConfig:
     seed: int = 0
     kind: str = "copy"
 
-    def validate(self) -> "SyntheticConfig":
+    def validate(self, key: Callable[[str], str] = section_key("data")) -> "SyntheticConfig":
         if self.n_documents < 3:
-            raise ConfigError(f"data.n_documents={self.n_documents} must be >= 3 (train, valid and test each need one)")
+            raise ConfigError(f"{key('n_documents')}={self.n_documents} must be >= 3 (train, valid and test each need one)")
         if self.min_len < 2:
-            raise ConfigError(f"data.min_len={self.min_len} must be >= 2 (a document needs a target)")
+            raise ConfigError(f"{key('min_len')}={self.min_len} must be >= 2 (a document needs a target)")
         if self.max_len < self.min_len:
-            raise ConfigError(f"data.max_len={self.max_len} must be >= data.min_len={self.min_len}")
+            raise ConfigError(f"{key('max_len')}={self.max_len} must be >= {key('min_len')}={self.min_len}")
         if not 4 <= self.vocab_size <= 2**31 - 1:
-            raise ConfigError(f"data.vocab_size={self.vocab_size} must lie in [4, 2^31)")
+            raise ConfigError(f"{key('vocab_size')}={self.vocab_size} must lie in [4, 2^31)")
         if self.kind not in KINDS:
-            raise ConfigError(f"data.kind={self.kind!r} is unknown; allowed: {', '.join(KINDS)}")
+            raise ConfigError(f"{key('kind')}={self.kind!r} is unknown; allowed: {', '.join(KINDS)}")
         return self
 
 
@@ -99,11 +99,24 @@ def split_ranges(n_documents: int) -> dict[str, range]:
     }
 
 
+@dataclass
+class SyntheticSampleRequest(SampleRequest):
+    """``ct-sample`` options of a synthetic-data checkpoint."""
+
+    tokens: int = field(default=64, metadata={"help": "number of token ids to generate (default 64)"})
+    prompt: str = field(default="", metadata={"help": 'prompt as space-separated token ids, e.g. "1 2 3"'})
+
+    def validate(self) -> None:
+        if self.tokens <= 0:
+            raise ConfigError(f"--tokens {self.tokens}: must be a positive integer")
+
+
 class SyntheticFrontEnd(FrontEnd):
     """Front end over :func:`generate_document`; token ids are their own text."""
 
     name = "synthetic"
     Config = SyntheticConfig
+    SampleRequest = SyntheticSampleRequest
 
     def __init__(self, cfg: SyntheticConfig, state: Mapping[str, Any] | None = None) -> None:
         super().__init__(cfg.validate(), state)
@@ -117,8 +130,7 @@ class SyntheticFrontEnd(FrontEnd):
         """Nothing to prepare: documents are generated on demand."""
 
     def documents(self, split: str) -> list[np.ndarray]:
-        if split not in SPLITS:
-            raise ConfigError(f"split={split!r} is unknown; allowed: {', '.join(SPLITS)}")
+        check_split(split)
         if split not in self._documents:
             dtype = token_dtype(self.cfg.vocab_size)
             self._documents[split] = [
@@ -137,13 +149,8 @@ class SyntheticFrontEnd(FrontEnd):
         }
 
     # -------------------------------------------------------------- sampling
-    @classmethod
-    def add_sample_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--tokens", type=int, default=64, help="number of token ids to generate")
-        parser.add_argument("--prompt", default="", help='prompt as space-separated token ids, e.g. "1 2 3"')
-
-    def encode_prompt(self, args: argparse.Namespace) -> np.ndarray:
-        text = getattr(args, "prompt", "") or ""
+    def encode_prompt(self, request: SyntheticSampleRequest) -> np.ndarray:
+        text = request.prompt
         try:
             ids = np.array([int(t) for t in text.replace(",", " ").split()], dtype=np.int64)
         except ValueError:
@@ -152,10 +159,8 @@ class SyntheticFrontEnd(FrontEnd):
             raise ConfigError(f"--prompt ids must lie in [0, {self.vocab_size}); got {text!r}")
         return ids  # [P]
 
-    def num_new_tokens(self, args: argparse.Namespace) -> int:
-        if args.tokens <= 0:
-            raise ConfigError(f"--tokens={args.tokens} must be a positive integer")
-        return int(args.tokens)
+    def num_new_tokens(self, request: SyntheticSampleRequest) -> int:
+        return request.tokens
 
     def decode(self, tokens: np.ndarray, out: Path, prompt_len: int) -> list[Path]:
         """One line of space-separated ids per stream (prompt included):
@@ -175,6 +180,6 @@ class SyntheticFrontEnd(FrontEnd):
     def stream_text(self, new_tokens: np.ndarray) -> str | None:
         return "".join(f"{int(t)} " for t in np.asarray(new_tokens).reshape(-1))
 
-    def log_samples(self, writer: Any, tokens: np.ndarray, step: int) -> None:
-        for i, row in enumerate(np.atleast_2d(np.asarray(tokens))):
-            writer.add_text(f"samples/{i}", " ".join(str(int(t)) for t in row), step)
+    def render_samples(self, tokens: np.ndarray, step: int) -> SampleMedia:
+        rows = np.atleast_2d(np.asarray(tokens))
+        return SampleMedia(texts={f"samples/{i}": " ".join(str(int(t)) for t in row) for i, row in enumerate(rows)})

@@ -14,15 +14,26 @@ Example::
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Callable
 
 from ct_core.model.compression import COMPRESSIONS, PARAMETRIC_COMPRESSIONS
 from ct_core.errors import ConfigError
 
 COMPRESSION_LOSSES = ("attention", "autoencoding", "bptt", "none")
 NORMS = ("pre", "post")
+#: Recipe group of the options that do not live in ``model``.
+MEMORY_KEYS = ("seq_len", "mem_len", "cmem_len", "compression_rate")
+COMPRESSION_KEYS = ("compression", "compression_loss")
+
+
+def recipe_key(name: str) -> str:
+    """The recipe name of ModelConfig field ``name``: ``memory.seq_len``."""
+    if name in MEMORY_KEYS:
+        return f"memory.{name}"
+    if name in COMPRESSION_KEYS:
+        return f"compression.{name}"
+    return f"model.{name}"
 
 
 @dataclass
@@ -59,64 +70,43 @@ class ModelConfig:
         """Whether evicted memories are compressed at all."""
         return self.cmem_len > 0
 
-    def validate(self) -> "ModelConfig":
-        """Raise a one-line :class:`ConfigError` for the first invalid option."""
+    def validate(self, key: Callable[[str], str] = recipe_key) -> "ModelConfig":
+        """Raise a one-line :class:`ConfigError` for the first invalid option,
+        naming it with ``key`` (default: its recipe name, ``memory.seq_len``)."""
+
+        def named(name: str) -> str:
+            return f"{key(name)}={getattr(self, name)!r}"
+
         for name in ("vocab_size", "n_layers", "d_model", "n_heads", "d_ff", "seq_len", "compression_rate"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ConfigError(f"model.{name}={value!r} must be a positive integer")
+                raise ConfigError(f"{named(name)} must be a positive integer")
         for name in ("mem_len", "cmem_len"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ConfigError(f"model.{name}={value!r} must be an integer >= 0")
+                raise ConfigError(f"{named(name)} must be an integer >= 0")
         for name in ("dropout", "attn_dropout"):
-            value = getattr(self, name)
-            if not 0.0 <= float(value) < 1.0:
-                raise ConfigError(f"model.{name}={value!r} must lie in [0, 1)")
+            if not 0.0 <= float(getattr(self, name)) < 1.0:
+                raise ConfigError(f"{named(name)} must lie in [0, 1)")
+        if self.init_std <= 0:
+            raise ConfigError(f"{named('init_std')} must be positive")
         if self.d_model % self.n_heads != 0:
-            raise ConfigError(
-                f"model.d_model={self.d_model} must be divisible by model.n_heads={self.n_heads}"
-            )
+            raise ConfigError(f"{named('d_model')} must be divisible by {named('n_heads')}")
         if self.norm not in NORMS:
-            raise ConfigError(f"model.norm={self.norm!r} is unknown; allowed: {', '.join(NORMS)}")
+            raise ConfigError(f"{named('norm')} is unknown; allowed: {', '.join(NORMS)}")
         if self.compression not in COMPRESSIONS:
-            raise ConfigError(
-                f"model.compression={self.compression!r} is unknown; allowed: {', '.join(COMPRESSIONS)}"
-            )
+            raise ConfigError(f"{named('compression')} is unknown; allowed: {', '.join(COMPRESSIONS)}")
         if self.compression_loss not in COMPRESSION_LOSSES:
-            raise ConfigError(
-                f"model.compression_loss={self.compression_loss!r} is unknown; "
-                f"allowed: {', '.join(COMPRESSION_LOSSES)}"
-            )
+            raise ConfigError(f"{named('compression_loss')} is unknown; allowed: {', '.join(COMPRESSION_LOSSES)}")
         if self.compresses and self.seq_len % self.compression_rate != 0:
-            raise ConfigError(
-                f"model.seq_len={self.seq_len} must be a multiple of "
-                f"model.compression_rate={self.compression_rate}"
-            )
+            raise ConfigError(f"{named('seq_len')} must be a multiple of {named('compression_rate')}")
         if (
             self.compresses
             and self.compression_loss != "none"
             and self.compression not in PARAMETRIC_COMPRESSIONS
         ):
             raise ConfigError(
-                f"model.compression_loss={self.compression_loss!r} trains the compressor, but "
-                f"model.compression={self.compression!r} has no parameters; use "
-                f"compression_loss=none or compression in ({', '.join(PARAMETRIC_COMPRESSIONS)})"
+                f"{named('compression_loss')} trains the compressor, but {named('compression')} has no "
+                f"parameters; use compression_loss=none or compression in ({', '.join(PARAMETRIC_COMPRESSIONS)})"
             )
         return self
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> "ModelConfig":
-        """Build from a mapping; unknown keys are a one-line error."""
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - fields)
-        if unknown:
-            raise ConfigError(
-                f"model.{unknown[0]} is not a model option; allowed: {', '.join(sorted(fields))}"
-            )
-        if "vocab_size" not in values:
-            raise ConfigError("model.vocab_size is missing")
-        return cls(**dict(values))

@@ -32,6 +32,8 @@ from typing import Any, Mapping, TextIO
 
 from tqdm import tqdm
 
+from ct_core.data.frontend import SampleMedia
+
 
 def format_duration(seconds: float) -> str:
     """``45s``, ``3m12s``, ``2h05m``."""
@@ -72,7 +74,7 @@ class MetricLogger:
         self.enabled = enabled
         self.log_every = max(1, log_every)
         self.stream = stream if stream is not None else sys.stderr
-        self.writer: Any = None  # torch.utils.tensorboard.SummaryWriter, for front ends' samples
+        self.writer: Any = None  # torch.utils.tensorboard.SummaryWriter
         self._jsonl: TextIO | None = None
         self._bar: tqdm | None = None
         self._first: tuple[int, float] | None = None  # (step, time) of the first progress call
@@ -100,6 +102,17 @@ class MetricLogger:
         if self.writer is not None:
             for name, value in values.items():
                 self.writer.add_scalar(f"{split}/{name}", float(value), step)
+
+    def log_media(self, step: int, media: SampleMedia) -> None:
+        """Write a front end's rendered samples to TensorBoard."""
+        if self.writer is None:
+            return
+        for tag, text in media.texts.items():
+            self.writer.add_text(tag, text, step)
+        for tag, (wave, rate) in media.audio.items():
+            self.writer.add_audio(tag, wave[None, :], step, sample_rate=rate)
+        for tag, image in media.images.items():
+            self.writer.add_image(tag, image, step, dataformats="HWC")
 
     def progress(self, step: int, loss: float, tokens_per_s: float | None) -> None:
         """Show training progress after optimizer step ``step`` (1-based);

@@ -3,28 +3,43 @@
 A recipe (Hydra YAML) has the sections ``model``, ``memory``,
 ``compression``, ``data``, ``optim``, ``trainer``, ``eval`` plus the
 top-level ``experiment_name``, ``resume``. :meth:`RunConfig.from_dict` turns
-the resolved mapping into dataclasses once, at the edge; every unknown key is
-a one-line :class:`ConfigError` naming ``section.key``.
+the resolved mapping into dataclasses once, at the edge, through
+:func:`ct_core.options.build_options`: every unknown key, wrongly typed or
+out-of-range value is a one-line :class:`ConfigError` naming the option as
+the user wrote it (``memory.seq_len``, ``trainer.steps``).
 
-The model's own options are split over three sections so that experiments
-can swap them independently: ``model`` (sizes), ``memory`` (``seq_len``,
-``mem_len``, ``cmem_len``, ``compression_rate``) and ``compression``
-(``compression``, ``compression_loss``).
+``model``, ``memory`` and ``compression`` together make the
+:class:`~ct_core.model.config.ModelConfig` (see there); its ``vocab_size``
+comes from the data front end.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
-from ct_core.model.config import ModelConfig
 from ct_core.errors import ConfigError
+from ct_core.model.config import COMPRESSION_KEYS, MEMORY_KEYS, ModelConfig, recipe_key
+from ct_core.options import build_options, section_key
 
-MEMORY_KEYS = ("seq_len", "mem_len", "cmem_len", "compression_rate")
-COMPRESSION_KEYS = ("compression", "compression_loss")
 OPTIMIZERS = ("adam", "adamw")
 PRECISIONS = ("auto", "fp32", "bf16")
+SECTIONS = ("model", "memory", "compression", "data", "optim", "trainer", "eval", "experiment_name", "resume")
+
+
+def _positive(value: Any) -> bool:
+    return value > 0
+
+
+def _check(obj: Any, key: Callable[[str], str], names: tuple[str, ...], ok: Callable[[Any], bool], what: str,
+           optional: bool = False) -> None:
+    """One-line error for the first of ``names`` whose value fails ``ok``."""
+    for name in names:
+        value = getattr(obj, name)
+        if optional and value is None:
+            continue
+        if not ok(value):
+            raise ConfigError(f"{key(name)}={value!r} must be {what}" + (" (or null)" if optional else ""))
 
 
 @dataclass
@@ -41,20 +56,21 @@ class OptimConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
     weight_decay: float = 0.0
-    clip_norm: float = 0.1
+    clip_norm: float | None = 0.1
     compression_loss_weight: float = 1.0
 
-    def validate(self) -> None:
+    def validate(self, key: Callable[[str], str] = section_key("optim")) -> None:
         if self.name not in OPTIMIZERS:
-            raise ConfigError(f"optim.name={self.name!r} is unknown; allowed: {', '.join(OPTIMIZERS)}")
-        if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
-            raise ConfigError(f"optim.lr={self.lr} and optim.min_lr={self.min_lr} need 0 <= min_lr <= lr, lr > 0")
-        if self.warmup_steps < 0:
-            raise ConfigError(f"optim.warmup_steps={self.warmup_steps} must be >= 0")
-        if self.decay_steps is not None and self.decay_steps <= 0:
-            raise ConfigError(f"optim.decay_steps={self.decay_steps} must be > 0 (or null: the rest of the run)")
-        if self.clip_norm is not None and self.clip_norm <= 0:
-            raise ConfigError(f"optim.clip_norm={self.clip_norm} must be > 0 (or null to disable clipping)")
+            raise ConfigError(f"{key('name')}={self.name!r} is unknown; allowed: {', '.join(OPTIMIZERS)}")
+        _check(self, key, ("lr", "eps"), _positive, "> 0")
+        _check(self, key, ("min_lr", "weight_decay", "compression_loss_weight", "warmup_steps"),
+               lambda v: v >= 0, ">= 0")
+        if self.min_lr > self.lr:
+            raise ConfigError(f"{key('min_lr')}={self.min_lr} must not exceed {key('lr')}={self.lr}")
+        _check(self, key, ("decay_steps",), _positive, "> 0 (null: the rest of the run)", optional=True)
+        _check(self, key, ("clip_norm",), _positive, "> 0 (null disables clipping)", optional=True)
+        if not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ConfigError(f"{key('betas')}={list(self.betas)} must lie in [0, 1)")
 
 
 @dataclass
@@ -87,20 +103,18 @@ class TrainerConfig:
     sample_batch: int = 2
     threads: int | None = None  # CPU threads for torch; None = torch's default
 
-    def validate(self) -> None:
-        if not isinstance(self.update_every_after, int) or self.update_every_after < 0:
-            raise ConfigError(f"trainer.update_every_after={self.update_every_after!r} must be an integer >= 0")
-        for name in ("steps", "batch_size", "grad_accum", "update_every", "log_every", "eval_every", "save_every", "keep_last",
-                     "max_nonfinite"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
-                raise ConfigError(f"trainer.{name}={value!r} must be a positive integer")
+    def validate(self, key: Callable[[str], str] = section_key("trainer")) -> None:
+        _check(self, key, ("steps", "batch_size", "grad_accum", "update_every", "log_every", "eval_every",
+                           "save_every", "max_nonfinite", "sample_batch"), _positive, "a positive integer")
+        _check(self, key, ("update_every_after", "keep_last", "sample_tokens", "eval_sample_tokens"),
+               lambda v: v >= 0, "an integer >= 0")
+        _check(self, key, ("eval_max_batches", "threads"), _positive, "a positive integer", optional=True)
         if self.batch_size % self.grad_accum:
             raise ConfigError(
-                f"trainer.batch_size={self.batch_size} must be divisible by trainer.grad_accum={self.grad_accum}"
+                f"{key('batch_size')}={self.batch_size} must be divisible by {key('grad_accum')}={self.grad_accum}"
             )
         if self.precision not in PRECISIONS:
-            raise ConfigError(f"trainer.precision={self.precision!r} is unknown; allowed: {', '.join(PRECISIONS)}")
+            raise ConfigError(f"{key('precision')}={self.precision!r} is unknown; allowed: {', '.join(PRECISIONS)}")
 
 
 @dataclass
@@ -111,19 +125,10 @@ class EvalConfig:
     mem_len: int | None = None  # None = the training value
     cmem_len: int | None = None
 
-    def validate(self, model: ModelConfig) -> None:
-        """One-line errors naming the eval option; ``model`` is what is evaluated."""
-        if not isinstance(self.batch_size, int) or isinstance(self.batch_size, bool) or self.batch_size <= 0:
-            raise ConfigError(f"eval.batch_size={self.batch_size!r} must be a positive integer")
-        for name in ("mem_len", "cmem_len"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
-                raise ConfigError(f"eval.{name}={value!r} must be an integer >= 0 (or null: as in training)")
-        if self.cmem_len and not model.compresses:
-            raise ConfigError(
-                f"eval.cmem_len={self.cmem_len} needs a model trained with compressed memory, but this one has "
-                "memory.cmem_len=0 (Transformer-XL); use eval.cmem_len=0 or leave it null"
-            )
+    def validate(self, key: Callable[[str], str] = section_key("eval")) -> None:
+        _check(self, key, ("batch_size",), _positive, "a positive integer")
+        _check(self, key, ("mem_len", "cmem_len"), lambda v: v >= 0, "an integer >= 0 (null: as in training)",
+               optional=True)
 
 
 @dataclass
@@ -138,34 +143,26 @@ class RunConfig:
     raw: dict[str, Any] = field(default_factory=dict)  # the resolved recipe, for checkpoints
 
     @classmethod
-    def from_dict(cls, cfg: Mapping[str, Any], vocab_size: int | None = None) -> "RunConfig":
-        """Build from a resolved recipe. ``vocab_size`` comes from the front end."""
-        allowed = {"model", "memory", "compression", "data", "optim", "trainer", "eval", "experiment_name", "resume"}
-        unknown = sorted(set(cfg) - allowed - {"hydra"})
+    def from_dict(cls, cfg: Mapping[str, Any], vocab_size: int) -> "RunConfig":
+        """Build from a resolved recipe; ``vocab_size`` comes from the front end."""
+        unknown = sorted(set(cfg) - set(SECTIONS) - {"hydra"})
         if unknown:
-            raise ConfigError(f"{unknown[0]} is not a recipe section; allowed: {', '.join(sorted(allowed))}")
-        model_values = dict(cfg.get("model") or {})
-        for section, keys in (("memory", MEMORY_KEYS), ("compression", COMPRESSION_KEYS)):
-            values = dict(cfg.get(section) or {})
-            extra = sorted(set(values) - set(keys))
-            if extra:
-                raise ConfigError(f"{section}.{extra[0]} is not an option of {section}; allowed: {', '.join(keys)}")
-            model_values.update({k: v for k, v in values.items() if k in keys})
-        if "vocab_size" in model_values:
-            raise ConfigError("model.vocab_size is set by the data front end; remove it from the recipe")
-        model_values["vocab_size"] = vocab_size if vocab_size is not None else 1
-        model = _build(ModelConfig, model_values, "model").validate()
-        optim = _build(OptimConfig, cfg.get("optim") or {}, "optim")
-        if isinstance(optim.betas, list):
-            optim.betas = tuple(optim.betas)
-        optim.validate()
-        trainer = _build(TrainerConfig, cfg.get("trainer") or {}, "trainer")
-        trainer.validate()
-        evaluation = _build(EvalConfig, cfg.get("eval") or {}, "eval")
-        evaluation.validate(model)
-        data = dict(cfg.get("data") or {})
+            raise ConfigError(f"{unknown[0]} is not a recipe section; allowed: {', '.join(SECTIONS)}")
+        model = build_options(ModelConfig, {**model_options(cfg), "vocab_size": vocab_size}, recipe_key)
+        optim = build_options(OptimConfig, _section(cfg, "optim"), "optim")
+        trainer = build_options(TrainerConfig, _section(cfg, "trainer"), "trainer")
+        evaluation = build_options(EvalConfig, _section(cfg, "eval"), "eval")
+        if evaluation.cmem_len and not model.compresses:
+            raise ConfigError(
+                f"eval.cmem_len={evaluation.cmem_len} needs a model trained with compressed memory, but this "
+                "one has memory.cmem_len=0 (Transformer-XL); use eval.cmem_len=0 or leave it null"
+            )
+        data = _section(cfg, "data")
         if "frontend" not in data:
             raise ConfigError("data.frontend is missing: pick a data recipe, e.g. data=audio_demo")
+        resume = cfg.get("resume")
+        if resume is not None and not isinstance(resume, str):
+            raise ConfigError(f"resume={resume!r} must be auto or a checkpoint path")
         return cls(
             model=model,
             data=data,
@@ -173,7 +170,7 @@ class RunConfig:
             trainer=trainer,
             eval=evaluation,
             experiment_name=str(cfg.get("experiment_name", "run")),
-            resume=cfg.get("resume"),
+            resume=resume,
             raw={k: v for k, v in cfg.items() if k != "hydra"},
         )
 
@@ -186,9 +183,26 @@ class RunConfig:
         return self.model.cmem_len if self.eval.cmem_len is None else self.eval.cmem_len
 
 
-def _build(cls: type, values: Mapping[str, Any], section: str) -> Any:
-    fields = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - fields)
-    if unknown:
-        raise ConfigError(f"{section}.{unknown[0]} is not an option of {section}; allowed: {', '.join(sorted(fields))}")
-    return cls(**dict(values))
+def _section(cfg: Mapping[str, Any], name: str) -> dict[str, Any]:
+    value = cfg.get(name) or {}
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{name}={value!r} must be a section of options, e.g. {name}.KEY=VALUE")
+    return dict(value)
+
+
+def model_options(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The ModelConfig fields of a recipe's ``model``, ``memory`` and
+    ``compression`` sections, each key checked against its own section."""
+    own = {"memory": MEMORY_KEYS, "compression": COMPRESSION_KEYS}
+    model_keys = sorted(set(ModelConfig.__dataclass_fields__) - set(MEMORY_KEYS) - set(COMPRESSION_KEYS)
+                        - {"vocab_size"})
+    values: dict[str, Any] = {}
+    for section, keys in (("model", tuple(model_keys)), *own.items()):
+        part = _section(cfg, section)
+        if section == "model" and "vocab_size" in part:
+            raise ConfigError("model.vocab_size is set by the data front end; remove it from the recipe")
+        extra = sorted(set(part) - set(keys))
+        if extra:
+            raise ConfigError(f"{section}.{extra[0]} is not an option of {section}; allowed: {', '.join(keys)}")
+        values.update(part)
+    return values

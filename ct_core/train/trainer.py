@@ -15,7 +15,6 @@ Example::
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 import time
 from pathlib import Path
@@ -68,7 +67,7 @@ class Trainer:
             raise ConfigError(f"eval.batch_size={cfg.eval.batch_size} must be divisible by the world size {self.ctx.world_size}")
         seed_everything(t.seed + self.ctx.rank)
 
-        self.model = CompressiveTransformerLM(dataclasses.replace(cfg.model, vocab_size=frontend.vocab_size))
+        self.model = CompressiveTransformerLM(cfg.model)
         self.model.to(self.device)
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, t.steps)
@@ -272,5 +271,5 @@ class Trainer:
         self.logger.message(f"eval step {self.step}: {shown}")
         n = self.cfg.trainer.eval_sample_tokens
         if n > 0 and self.ctx.is_main and self.logger.writer is not None:
-            self.frontend.log_samples(self.logger.writer, self.sample(n), self.step)
+            self.logger.log_media(self.step, self.frontend.render_samples(self.sample(n), self.step))
         return metrics

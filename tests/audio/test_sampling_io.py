@@ -11,11 +11,14 @@ import pytest
 import soundfile as sf
 
 from ct_audio import frontend as frontend_module
+from ct_audio.config import AudioSampleRequest
 from ct_audio.frontend import AudioFrontEnd
 from ct_audio.mulaw import mulaw_decode
 from ct_audio.wav_out import spectrogram_figure
-from ct_core.errors import ConfigError, DataError
+from ct_core.cli.sample import add_request_arguments, request_from_args
 from ct_core.data.frontend import build_frontend, frontend_class
+from ct_core.errors import ConfigError, DataError
+from ct_core.train.metric_logger import MetricLogger
 
 from .conftest import reference_codes, tone, write
 
@@ -26,10 +29,11 @@ def _fe(**kw) -> AudioFrontEnd:
     return build_frontend({"frontend": "audio", "sample_rate": 8000, **kw})
 
 
-def _args(*argv: str) -> argparse.Namespace:
+def _args(*argv: str) -> AudioSampleRequest:
+    """The audio SampleRequest as ct-sample parses it from ``argv``."""
     parser = argparse.ArgumentParser()
-    AudioFrontEnd.add_sample_arguments(parser)
-    return parser.parse_args(list(argv))
+    add_request_arguments(parser, AudioSampleRequest)
+    return request_from_args(AudioSampleRequest, parser.parse_args(list(argv)))
 
 
 def test_registered_and_configured_through_the_core():
@@ -127,10 +131,12 @@ class _RecordingWriter:
         self.calls.append(("image", tag, np.asarray(img), step, dataformats))
 
 
-def test_log_samples_sends_audio_and_spectrograms(tmp_path):
+def test_rendered_samples_reach_tensorboard_as_audio_and_spectrograms(tmp_path):
     tokens = np.random.default_rng(1).integers(0, 256, size=(6, 4000))
     writer = _RecordingWriter()
-    _fe().log_samples(writer, tokens, step=7)
+    logger = MetricLogger(None, total_steps=1)
+    logger.writer = writer
+    logger.log_media(7, _fe().render_samples(tokens, step=7))
     audio = [c for c in writer.calls if c[0] == "audio"]
     images = [c for c in writer.calls if c[0] == "image"]
     assert len(audio) == len(images) == 4  # the first few streams only
@@ -143,7 +149,8 @@ def test_log_samples_sends_audio_and_spectrograms(tmp_path):
     from torch.utils.tensorboard import SummaryWriter
 
     with SummaryWriter(tmp_path / "tb") as real:
-        _fe().log_samples(real, tokens[:1], step=1)
+        logger.writer = real
+        logger.log_media(1, _fe().render_samples(tokens[:1], step=1))
     events = list((tmp_path / "tb").glob("events.*"))
     assert events and events[0].stat().st_size > 10_000  # audio + image payloads
 

@@ -52,3 +52,12 @@ def test_shared_leaf_modules_import_no_package_of_the_core():
         path = CORE / name
         if path.exists():
             assert not {m for m in imported_modules(path) if m.startswith("ct_core")} - {"ct_core.errors"}
+
+
+def test_only_the_command_line_knows_argparse():
+    """The front-end seam is typed (SampleRequest dataclasses); argparse
+    stays in ct_core.cli."""
+    roots = [CORE / "model", CORE / "data", CORE / "train"]
+    roots += [Path(__import__(name).__file__).parent for name in ("ct_audio", "ct_text")]
+    users = [str(path) for root in roots for path in root.rglob("*.py") if "argparse" in imported_modules(path)]
+    assert users == []

@@ -11,7 +11,8 @@ import pytest
 from ct_core.errors import DataError
 from ct_text import enwik8
 from ct_text.enwik8 import enwik8_corpus, read_enwik8, split_ranges
-from ct_text.frontend import TextConfig, TextFrontEnd
+from ct_text.config import TextConfig
+from ct_text.frontend import TextFrontEnd
 
 
 def small_enwik8(n: int = 2_000) -> bytes:

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from ct_core.errors import ConfigError, DataError
-from ct_text.frontend import TextConfig, TextFrontEnd
+from ct_text.config import TextConfig
+from ct_text.frontend import TextFrontEnd
 from ct_text.pg19 import pg19_corpus, read_metadata
 
 #: shared/data/text/pg19_sample beside the checkout; absent on some machines.

@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 
 from ct_core.errors import ConfigError, DataError
-from ct_text.frontend import TextConfig, TextFrontEnd
+from ct_text.config import TextConfig
+from ct_text import frontend as text_frontend
+from ct_text.frontend import TextFrontEnd
 from ct_text.text_files import folder_split_counts, single_file_ranges, text_file_corpus
 
 
@@ -81,8 +83,8 @@ def test_unchanged_file_is_a_cache_hit_and_an_edit_is_not(tmp_path, monkeypatch)
     path.write_bytes(b"some text\n" * 50)
     cfg = TextConfig(corpus="file", path=str(path), cache_dir=str(tmp_path / "cache"))
     writes = []
-    original = TextFrontEnd._write_store
-    monkeypatch.setattr(TextFrontEnd, "_write_store", lambda self, *a: writes.append(1) or original(self, *a))
+    original = text_frontend.write_store
+    monkeypatch.setattr(text_frontend, "write_store", lambda *a: writes.append(1) or original(*a))
     first = TextFrontEnd(cfg)
     first.prepare(progress=False)
     second = TextFrontEnd(cfg)

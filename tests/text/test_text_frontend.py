@@ -9,17 +9,20 @@ import numpy as np
 import pytest
 import torch
 
+from ct_core.cli.sample import add_request_arguments, request_from_args
 from ct_core.errors import ConfigError, DataError
 from ct_core.data.frontend import build_frontend
-from ct_text.frontend import TextConfig, TextFrontEnd
+from ct_text.config import TextConfig
+from ct_text.frontend import TextFrontEnd
 
 PROMPT = "The war \u2014 caf\u00e9 \u65e5\u672c\r\nnext line"
 
 
 def sample_args(fe_cls=TextFrontEnd, argv=()):
+    """The front end's SampleRequest as ct-sample parses it from ``argv``."""
     parser = argparse.ArgumentParser()
-    fe_cls.add_sample_arguments(parser)
-    return parser.parse_args(list(argv))
+    add_request_arguments(parser, fe_cls.SampleRequest)
+    return request_from_args(fe_cls.SampleRequest, parser.parse_args(list(argv)))
 
 
 @pytest.fixture
@@ -81,6 +84,10 @@ def test_prompt_options(tmp_path):
     with pytest.raises(DataError) as err:
         fe.encode_prompt(sample_args(argv=["--prompt-file", str(tmp_path / "missing.txt")]))
     assert "missing.txt" in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(ConfigError, match="--prompt and --prompt-file exclude each other"):
+        sample_args(argv=["--prompt", "x", "--prompt-file", str(prompt_file)])
+    with pytest.raises(ConfigError, match="--tokens -2: must be >= 0"):
+        sample_args(argv=["--tokens", "-2"])
     assert fe.start_token() == 10
 
 
@@ -110,21 +117,14 @@ def test_stream_text_sentencepiece_joins_byte_pieces(subword):
     assert subword.stream_text(subword._tokenizer.encode(b" the")) == " the"  # \u2581 shown as a space
 
 
-def test_log_samples_adds_the_first_stream_as_text():
-    class Writer:
-        def __init__(self):
-            self.calls = []
-
-        def add_text(self, tag, text, step):
-            self.calls.append((tag, text, step))
-
+def test_render_samples_shows_the_first_stream_as_text():
     fe = TextFrontEnd(TextConfig(corpus="file"))
     tokens = np.stack([np.frombuffer(b"line one\nline two", dtype=np.uint8),
                        np.frombuffer(b"other stream.....", dtype=np.uint8)])  # [2, 17]
-    writer = Writer()
-    fe.log_samples(writer, tokens, step=5)
-    ((tag, text, step),) = writer.calls
-    assert step == 5 and "line one" in text and "line two" in text and "other" not in text
+    media = fe.render_samples(tokens, step=5)
+    ((tag, text),) = media.texts.items()
+    assert tag == "samples/text" and "line one" in text and "line two" in text and "other" not in text
+    assert not media.audio and not media.images
 
 
 def test_config_errors_name_the_option():

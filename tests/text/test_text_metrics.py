@@ -6,7 +6,8 @@ import math
 
 import pytest
 
-from ct_text.frontend import TextConfig, TextFrontEnd
+from ct_text.config import TextConfig
+from ct_text.frontend import TextFrontEnd
 from ct_text.text_metrics import text_metrics
 
 

@@ -7,7 +7,8 @@ import pytest
 
 from ct_core.errors import ConfigError
 from ct_text import tokenizer as tokenizer_module
-from ct_text.frontend import TextConfig, TextFrontEnd
+from ct_text.config import TextConfig
+from ct_text.frontend import TextFrontEnd
 from ct_text.pg19 import pg19_corpus
 from ct_text.tokenizer import ByteTokenizer, load_or_train_sentencepiece, training_sample
 

@@ -10,7 +10,8 @@ import pytest
 from ct_core.cli.common import compose_recipe, recipes_dir
 from ct_core.model.config import ModelConfig
 from ct_core.errors import ConfigError
-from ct_core.data.frontend import dataclass_from_mapping, frontend_class
+from ct_core.data.frontend import frontend_class
+from ct_core.options import build_options
 from ct_core.train.run_config import RunConfig
 
 EXPERIMENTS = sorted(str(p.relative_to(recipes_dir() / "experiment").with_suffix(""))
@@ -39,7 +40,7 @@ def test_experiment_composes_and_validates(experiment):
     cfg = RunConfig.from_dict(raw, vocab_size=256)
     assert cfg.experiment_name == experiment
     data = dict(raw["data"])
-    dataclass_from_mapping(frontend_class(data.pop("frontend")).Config, data, "data")
+    build_options(frontend_class(data.pop("frontend")).Config, data, "data")
     text = (recipes_dir() / "experiment" / f"{experiment}.yaml").read_text().splitlines()
     assert text[1].startswith("#") and any("ct-train" in line for line in text[:8]) and "Expect" in "\n".join(text[:10])
 

@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 
+from ct_core.cli.sample import add_request_arguments, request_from_args
 from ct_core.errors import ConfigError
 from ct_core.data.frontend import SPLITS, build_frontend
 from ct_core.data.synthetic import SyntheticFrontEnd
@@ -95,15 +96,22 @@ def test_metrics_are_nll_ppl_and_bits() -> None:
 def test_sampling_helpers(tmp_path) -> None:
     fe = frontend(vocab_size=16)
     parser = argparse.ArgumentParser()
-    fe.add_sample_arguments(parser)
-    args = parser.parse_args(["--prompt", "1 2 15", "--tokens", "5"])
+    add_request_arguments(parser, fe.SampleRequest)
+
+    def request(*argv):
+        return request_from_args(fe.SampleRequest, parser.parse_args(list(argv)))
+
+    args = request("--prompt", "1 2 15", "--tokens", "5")
     np.testing.assert_array_equal(fe.encode_prompt(args), [1, 2, 15])
     assert fe.num_new_tokens(args) == 5
-    assert fe.encode_prompt(parser.parse_args([])).size == 0
+    assert fe.encode_prompt(request()).size == 0
     with pytest.raises(ConfigError, match="--prompt"):
-        fe.encode_prompt(parser.parse_args(["--prompt", "1 16"]))
+        fe.encode_prompt(request("--prompt", "1 16"))
     with pytest.raises(ConfigError, match="--prompt"):
-        fe.encode_prompt(parser.parse_args(["--prompt", "a b"]))
+        fe.encode_prompt(request("--prompt", "a b"))
+    with pytest.raises(ConfigError, match="--tokens 0: must be a positive integer"):
+        request("--tokens", "0")
+    assert fe.render_samples(np.array([[1, 2], [3, 4]]), step=3).texts == {"samples/0": "1 2", "samples/1": "3 4"}
 
     (one,) = fe.decode(np.array([[1, 2, 3, 4]]), tmp_path / "one", prompt_len=1)
     assert one == tmp_path / "one.txt" and one.read_text().split() == ["1", "2", "3", "4"]

@@ -1,0 +1,115 @@
+"""Options of the text front end: the ``data`` section of a text recipe
+(:class:`TextConfig`) and the options of ``ct-sample`` (:class:`TextSampleRequest`).
+
+Every key of the recipe's ``data`` mapping except ``frontend`` is a field of
+:class:`TextConfig`; values are checked when the config is built, so a bad
+option fails before any text is read.
+
+Example::
+
+    cfg = TextConfig(corpus="pg19", root="/data/pg19", vocab_size=32000)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Callable
+
+from ct_core.data.frontend import SampleRequest
+from ct_core.data.token_store import default_cache_dir
+from ct_core.errors import ConfigError
+from ct_core.options import section_key
+from ct_text.tokenizer import SENTENCEPIECE_TYPES
+
+#: corpus -> its tokenizer when ``data.tokenizer`` is not set.
+DEFAULT_TOKENIZERS = {"enwik8": "bytes", "pg19": "sentencepiece", "file": "bytes"}
+TOKENIZERS = ("bytes", "sentencepiece")
+
+
+@dataclasses.dataclass
+class TextConfig:
+    """Settings of corpus reading, tokenization, splits and caching.
+
+    ``path``: enwik8's zip or raw file (or a folder holding it); for
+    ``corpus=file`` a text file or a folder of text files. ``root``: the
+    PG-19 folder. ``tokenizer=None`` means the corpus's default (bytes for
+    enwik8 and files, SentencePiece for PG-19). ``vocab_size`` (exactly the
+    number of pieces trained), ``sentencepiece_type`` and
+    ``tokenizer_sample_bytes`` (train on a deterministic sample of about that
+    many train bytes) only concern SentencePiece. ``valid_fraction`` /
+    ``test_fraction`` only concern ``corpus=file``. ``cache_dir=None`` is
+    ``ct_core.data.token_store.default_cache_dir()``.
+    """
+
+    corpus: str = "enwik8"
+    path: str | None = None
+    root: str | None = None
+    tokenizer: str | None = None
+    vocab_size: int = 32000
+    sentencepiece_type: str = "unigram"
+    tokenizer_sample_bytes: int | None = None
+    valid_fraction: float = 0.1
+    test_fraction: float = 0.0
+    accept_md5_mismatch: bool = False
+    download: bool = False
+    cache_dir: str | None = None
+
+    @property
+    def tokenizer_kind(self) -> str:
+        return self.tokenizer or DEFAULT_TOKENIZERS[self.corpus]
+
+    @property
+    def cache_root(self) -> Path:
+        """Folder holding prepared data (this front end's stores go under ``text/``)."""
+        return Path(self.cache_dir).expanduser() if self.cache_dir else default_cache_dir()
+
+    def validate(self, key: Callable[[str], str] = section_key("data")) -> "TextConfig":
+        """Raise a one-line ConfigError for the first invalid option."""
+        if self.corpus not in DEFAULT_TOKENIZERS:
+            raise ConfigError(f"{key('corpus')}={self.corpus!r} is unknown; choose one of {sorted(DEFAULT_TOKENIZERS)}")
+        if self.tokenizer is not None and self.tokenizer not in TOKENIZERS:
+            raise ConfigError(
+                f"{key('tokenizer')}={self.tokenizer!r} is unknown; choose one of {list(TOKENIZERS)} or null"
+            )
+        if self.sentencepiece_type not in SENTENCEPIECE_TYPES:
+            raise ConfigError(
+                f"{key('sentencepiece_type')}={self.sentencepiece_type!r} is unknown; "
+                f"choose one of {list(SENTENCEPIECE_TYPES)}"
+            )
+        # 256 byte pieces + <unk> are always in the vocabulary (byte fallback).
+        if not isinstance(self.vocab_size, int) or self.vocab_size <= 257:
+            raise ConfigError(
+                f"{key('vocab_size')}={self.vocab_size!r} must be an integer > 257 (256 byte pieces + <unk>)"
+            )
+        if self.tokenizer_sample_bytes is not None and (
+            not isinstance(self.tokenizer_sample_bytes, int) or self.tokenizer_sample_bytes <= 0
+        ):
+            raise ConfigError(
+                f"{key('tokenizer_sample_bytes')}={self.tokenizer_sample_bytes!r} must be a positive integer or null"
+            )
+        for name in ("valid_fraction", "test_fraction"):
+            if not 0.0 <= float(getattr(self, name)) < 1.0:
+                raise ConfigError(f"{key(name)}={getattr(self, name)!r} must lie in [0, 1)")
+        if self.valid_fraction + self.test_fraction >= 1.0:
+            raise ConfigError(
+                f"{key('valid_fraction')} + {key('test_fraction')} = {self.valid_fraction + self.test_fraction} "
+                "must be < 1 so that some text is left for training"
+            )
+        return self
+
+
+@dataclasses.dataclass
+class TextSampleRequest(SampleRequest):
+    """``ct-sample`` options of a text checkpoint."""
+
+    prompt: str | None = dataclasses.field(default=None, metadata={"help": "text the samples continue"})
+    prompt_file: str | None = dataclasses.field(
+        default=None, metadata={"help": "file whose text the samples continue", "metavar": "FILE"})
+    tokens: int = dataclasses.field(default=400, metadata={"help": "tokens to generate after the prompt (default 400)"})
+
+    def validate(self) -> None:
+        if self.prompt is not None and self.prompt_file is not None:
+            raise ConfigError("--prompt and --prompt-file exclude each other; give one of them")
+        if self.tokens < 0:
+            raise ConfigError(f"--tokens {self.tokens}: must be >= 0")

@@ -1,0 +1,79 @@
+"""Prepared text: where a corpus's token store lives and how it is written.
+
+A store sits at ``<cache_dir>/text/<hash>/``, the hash covering every
+setting its tokens depend on and the source files' paths, sizes and mtimes
+(:func:`store_settings`), so an unchanged corpus is a cache hit that reads no
+text. :func:`write_store` tokenizes every document and records, per split
+and per document, the documents, tokens, bytes and whitespace-separated
+words that the metrics (:mod:`ct_text.text_metrics`) divide by.
+
+Example::
+
+    path = cache_dir / "text" / content_hash(store_settings(cfg, "bytes", corpus))
+    write_store(path, corpus, ByteTokenizer(), model_file=None, progress=True)
+    TokenStore(path).manifest["counts"]["valid"]     # documents, tokens, bytes, words
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from ct_core.data.frontend import SPLITS
+from ct_core.data.token_store import TokenStoreWriter, token_dtype
+from ct_text.config import TextConfig
+from ct_text.corpus import Corpus, count_words, decode_text
+from ct_text.tokenizer import Tokenizer
+
+#: Bumped when the store's content or manifest changes, so old stores are not reused.
+STORE_FORMAT = 1
+
+
+def store_settings(cfg: TextConfig, tokenizer_kind: str, corpus: Corpus) -> dict[str, Any]:
+    """Everything the store's content depends on (hashed into its folder name)."""
+    settings: dict[str, Any] = {
+        "format": STORE_FORMAT, "corpus": cfg.corpus, "tokenizer": tokenizer_kind, "listing": corpus.listing(),
+    }
+    if tokenizer_kind == "sentencepiece":
+        settings.update(vocab_size=cfg.vocab_size, sentencepiece_type=cfg.sentencepiece_type,
+                        tokenizer_sample_bytes=cfg.tokenizer_sample_bytes)
+    if cfg.corpus == "file":
+        settings.update(valid_fraction=cfg.valid_fraction, test_fraction=cfg.test_fraction)
+    return settings
+
+
+def write_store(path: Path, corpus: Corpus, tokenizer: Tokenizer, model_file: str | None, progress: bool) -> Path:
+    """Tokenize every document of ``corpus`` and write the store at ``path``;
+    ``model_file`` names the cached SentencePiece model used (None: bytes,
+    or a checkpoint's). Empty documents are skipped and listed."""
+    records: dict[str, list[dict[str, Any]]] = {split: [] for split in SPLITS}
+    skipped = []
+    total = sum(doc.size for doc in corpus.documents)
+    with TokenStoreWriter(path, token_dtype(tokenizer.vocab_size)) as writer, tqdm(
+        total=total, unit="B", unit_scale=True, desc=f"tokenizing {corpus.name}", disable=not progress
+    ) as bar:
+        for doc in corpus.documents:
+            data = doc.read()
+            bar.update(doc.size)
+            if not data:
+                skipped.append({"split": doc.split, "name": doc.name, "reason": "empty"})
+                continue
+            ids = tokenizer.encode(data)  # [L]
+            writer.add(doc.split, ids)
+            records[doc.split].append({
+                "name": doc.name, **doc.meta, "bytes": len(data),
+                "words": count_words(decode_text(data)), "tokens": int(ids.size),
+            })
+        counts = {
+            split: {"documents": len(rows), **{k: sum(r[k] for r in rows) for k in ("tokens", "bytes", "words")}}
+            for split, rows in records.items()
+        }
+        manifest = {
+            "frontend": "text", "format": STORE_FORMAT, "corpus": corpus.name, "source": str(corpus.root),
+            "tokenizer": {"kind": tokenizer.kind, "vocab_size": tokenizer.vocab_size,
+                          "sha256": getattr(tokenizer, "sha256", None), "model": model_file},
+            "counts": counts, "documents": records, "skipped": skipped,
+        }
+        return writer.finish(manifest, splits=SPLITS)
