@@ -63,14 +63,35 @@ def run(checkpoint: Path, overrides: list[str]) -> dict:
         result = evaluate(model, docs, cfg.eval.batch_size, cfg.eval_mem_len, cfg.eval_cmem_len, device,
                           cfg.trainer.precision)
     metrics = frontend.metrics(result.nll_sum, result.n_tokens, split)
+    probes = frontend.probes(split)
+    if probes is not None:
+        metrics.update(probe_report(model, docs, probes, cfg, device))
     report = {"checkpoint": str(checkpoint), "step": payload["step"], "split": split, "n_tokens": result.n_tokens,
               "mem_len": cfg.eval_mem_len, "cmem_len": cfg.eval_cmem_len, **metrics}
     for key, value in metrics.items():
+        if isinstance(value, dict):
+            continue  # shown in the JSON line
         print(f"{key:>20}  {value:.6g}" if isinstance(value, float) else f"{key:>20}  {value}")
     out = checkpoint.parent / f"eval_{split}.json"
     out.write_text(json.dumps(report, indent=2))
     print(json.dumps(report), flush=True)
     return report
+
+
+def probe_report(model, docs, probes, cfg, device) -> dict:
+    """Exact-match accuracy at the front end's probe positions, overall and by
+    distance in buckets of ``seq_len`` tokens (the synthetic recall task)."""
+    from ct_core.data.recall import accuracy_by_distance
+    from ct_core.train.evaluator import probe_correctness
+
+    correct, distances = probe_correctness(model, docs, probes, cfg.eval.batch_size, cfg.eval_mem_len,
+                                           cfg.eval_cmem_len, device, cfg.trainer.precision)
+    if correct.size == 0:
+        return {"probes": 0}
+    width = cfg.model.seq_len
+    top = -(-int(distances.max()) // width) * width
+    return {"probes": int(correct.size), "probe_accuracy": float(correct.mean()),
+            "probe_accuracy_by_distance": accuracy_by_distance(correct, distances, width, top)}
 
 
 def main(argv: list[str] | None = None) -> None:

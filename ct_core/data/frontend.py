@@ -109,6 +109,13 @@ class FrontEnd(abc.ABC):
         pass cut short) keeps the per-token metrics under the same names and
         leaves out those that need the whole split (baselines, per word)."""
 
+    def probes(self, split: str) -> list[tuple[np.ndarray, np.ndarray]] | None:
+        """For tasks scored by exact match (the synthetic recall task): per
+        document of ``split``, the input positions whose greedy prediction is
+        scored ``[R]`` and each one's distance to what decides it ``[R]``;
+        ``None`` for ordinary corpora."""
+        return None
+
     # ------------------------------------------------------------ checkpoint
     def state_dict(self) -> dict[str, Any]:
         """Small state a checkpoint needs to rebuild this front end without

@@ -12,7 +12,9 @@ at three ranges, so a tiny model shows progress at once and memory pays off:
   same document, often further back than one segment, so only memory (or
   compressed memory) can predict them.
 
-``kind="periodic"`` has the pattern only. Splits are disjoint sets of
+``kind="periodic"`` has the pattern only. ``kind="recall"`` is the
+long-range recall task of :mod:`ct_core.data.recall` (its ``recall_*``
+options), scored by exact-match accuracy against distance. Splits are disjoint sets of
 documents: the first 80 % train, then 10 % valid, then 10 % test.
 
 Example::
@@ -33,9 +35,10 @@ import numpy as np
 from ct_core.errors import ConfigError, DataError
 from ct_core.options import section_key
 from ct_core.data.frontend import FrontEnd, SampleMedia, SampleRequest, check_split
+from ct_core.data.recall import filler_size, recall_document, recall_probes
 from ct_core.data.token_store import token_dtype
 
-KINDS = ("copy", "periodic")
+KINDS = ("copy", "periodic", "recall")
 
 
 @dataclass
@@ -46,6 +49,12 @@ class SyntheticConfig:
     vocab_size: int = 32
     seed: int = 0
     kind: str = "copy"
+    # kind="recall" only (see ct_core.data.recall)
+    recall_slots: int = 4
+    recall_symbols: int = 16
+    recall_write_len: int = 8
+    recall_gap_min: int = 4
+    recall_gap_max: int = 480
 
     def validate(self, key: Callable[[str], str] = section_key("data")) -> "SyntheticConfig":
         if self.n_documents < 3:
@@ -58,11 +67,30 @@ class SyntheticConfig:
             raise ConfigError(f"{key('vocab_size')}={self.vocab_size} must lie in [4, 2^31)")
         if self.kind not in KINDS:
             raise ConfigError(f"{key('kind')}={self.kind!r} is unknown; allowed: {', '.join(KINDS)}")
+        if self.kind == "recall":
+            self._validate_recall(key)
         return self
+
+    def _validate_recall(self, key: Callable[[str], str]) -> None:
+        for name in ("recall_slots", "recall_symbols", "recall_write_len", "recall_gap_min"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{key(name)}={getattr(self, name)} must be a positive integer")
+        if self.recall_gap_max < self.recall_gap_min:
+            raise ConfigError(f"{key('recall_gap_max')}={self.recall_gap_max} must be >= "
+                              f"{key('recall_gap_min')}={self.recall_gap_min}")
+        n_filler = filler_size(self.vocab_size, self.recall_slots, self.recall_symbols)
+        if n_filler < 2:
+            raise ConfigError(
+                f"{key('vocab_size')}={self.vocab_size} leaves {n_filler} filler ids next to "
+                f"{self.recall_slots} slots of {self.recall_symbols} symbols; it needs at least "
+                f"{self.recall_slots * (1 + self.recall_symbols) + 2}"
+            )
 
 
 def generate_document(cfg: SyntheticConfig, index: int) -> np.ndarray:
     """Document ``index`` of the corpus described by ``cfg``, ``[L]``."""
+    if cfg.kind == "recall":
+        return recall_document(cfg, index)
     rng = np.random.default_rng([cfg.seed, index])
     length = int(rng.integers(cfg.min_len, cfg.max_len + 1))
     period = int(rng.integers(2, 9))
@@ -137,6 +165,12 @@ class SyntheticFrontEnd(FrontEnd):
                 generate_document(self.cfg, i).astype(dtype) for i in split_ranges(self.cfg.n_documents)[split]
             ]
         return self._documents[split]
+
+    def probes(self, split: str) -> list[tuple[np.ndarray, np.ndarray]] | None:
+        """Recall probes of every document of ``split`` (kind ``recall`` only)."""
+        if self.cfg.kind != "recall":
+            return None
+        return [recall_probes(doc, self.cfg) for doc in self.documents(split)]
 
     def metrics(self, nll_sum: float, n_tokens: int, split: str, complete: bool = True) -> dict[str, float]:
         if n_tokens <= 0:

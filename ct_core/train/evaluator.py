@@ -68,3 +68,52 @@ def evaluate(
         model.train(was_training)
     nll_sum, n_tokens = all_reduce_sum(ctx, [nll_sum, float(n_tokens)], device)
     return EvalResult(nll_sum=nll_sum, n_tokens=int(n_tokens), complete=complete)
+
+
+@torch.no_grad()
+def probe_correctness(
+    model: CompressiveTransformerLM,
+    documents: Sequence[np.ndarray],
+    probes: Sequence[tuple[np.ndarray, np.ndarray]],
+    batch_size: int,
+    mem_len: int,
+    cmem_len: int,
+    device: torch.device,
+    precision: str = "auto",
+) -> tuple[np.ndarray, np.ndarray]:
+    """Greedy exact match at probe positions (see :meth:`FrontEnd.probes`).
+
+    Each row reads one document from its start with memory carried segment
+    by segment, ``batch_size`` documents at a time. Returns whether the
+    argmax at each probe position equals the next token ``[R]`` and the
+    probes' distances ``[R]``, over all documents in order.
+    """
+    was_training = model.training
+    model.eval()
+    seq_len = model.cfg.seq_len
+    correct, distances = [], []
+    try:
+        for first in range(0, len(documents), batch_size):
+            docs = [np.asarray(d, dtype=np.int64) for d in documents[first : first + batch_size]]
+            longest = max(len(d) for d in docs)
+            tokens = torch.zeros(len(docs), longest, dtype=torch.long)  # [b, L], right-padded
+            for row, doc in enumerate(docs):
+                tokens[row, : len(doc)] = torch.from_numpy(doc)
+            tokens = tokens.to(device)
+            memory = model.empty_memory(len(docs), mem_len, cmem_len, device=device)
+            predicted = []
+            for start in range(0, longest, seq_len):
+                with autocast_context(device, precision):
+                    out = model(tokens[:, start : start + seq_len], memory)
+                memory = out.memory
+                predicted.append(out.logits.argmax(dim=-1))  # [b, T]
+            predicted = torch.cat(predicted, dim=1).cpu().numpy()  # [b, L]
+            for row, doc in enumerate(docs):
+                positions, dist = probes[first + row]
+                correct.append(predicted[row, positions] == doc[positions + 1])
+                distances.append(dist)
+    finally:
+        model.train(was_training)
+    if not correct:
+        return np.zeros(0, dtype=bool), np.zeros(0, dtype=np.int64)
+    return np.concatenate(correct), np.concatenate(distances)
