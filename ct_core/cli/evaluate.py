@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from ct_core.cli.common import user_errors
-from ct_core.errors import ConfigError
+from ct_core.errors import ConfigError, DataError
 
 PROG = "ct-eval"
 EDITABLE = ("data.", "eval.", "trainer.device", "trainer.precision")
@@ -44,7 +44,7 @@ def apply_overrides(config: dict, overrides: list[str]) -> tuple[dict, str]:
     return OmegaConf.to_container(merged, resolve=True), split
 
 
-def run(checkpoint: Path, overrides: list[str]) -> dict:
+def run(checkpoint: Path, overrides: list[str], attention_report: bool = False) -> dict:
     import torch
 
     from ct_core.train.checkpoint import load_checkpoint
@@ -66,6 +66,8 @@ def run(checkpoint: Path, overrides: list[str]) -> dict:
     probes = frontend.probes(split)
     if probes is not None:
         metrics.update(probe_report(model, docs, probes, cfg, device))
+    if attention_report or cfg.eval.attention_report:
+        metrics["attention_report"] = write_attention_report(model, docs, cfg, device, checkpoint, split)
     report = {"checkpoint": str(checkpoint), "step": payload["step"], "split": split, "n_tokens": result.n_tokens,
               "mem_len": cfg.eval_mem_len, "cmem_len": cfg.eval_cmem_len, **metrics}
     for key, value in metrics.items():
@@ -94,6 +96,26 @@ def probe_report(model, docs, probes, cfg, device) -> dict:
             "probe_accuracy_by_distance": accuracy_by_distance(correct, distances, width, top)}
 
 
+def write_attention_report(model, docs, cfg, device, checkpoint: Path, split: str) -> dict:
+    """Attention mass by distance over the split: ``attention_<split>.json`` and
+    ``.png`` beside the checkpoint; returns their paths and the region totals."""
+    from ct_core.train.attention_report import attention_by_distance, write_attention_figure
+
+    report = attention_by_distance(model, docs, cfg.eval.batch_size, cfg.eval_mem_len, cfg.eval_cmem_len, device,
+                                   cfg.trainer.precision)
+    if not report["segments"]:
+        raise DataError(f"split {split!r}: no segment with full memories to report attention on; "
+                        "its documents are shorter than the memories")
+    stem = checkpoint.parent / f"attention_{split}"
+    json_path, png_path = stem.with_suffix(".json"), stem.with_suffix(".png")
+    json_path.write_text(json.dumps(report, indent=2))
+    slots = report["slots"]
+    write_attention_figure(report, png_path, f"{checkpoint.name}, split {split}: {slots['cmem']} compressed, "
+                                             f"{slots['mem']} memory, {slots['segment']} segment slots per layer")
+    return {"json": str(json_path), "png": str(png_path), "segments": report["segments"],
+            "mean_by_region": report["mean_by_region"]}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog=PROG,
@@ -103,9 +125,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("checkpoint", type=Path, help="a .pt file written by ct-train")
     parser.add_argument("overrides", nargs="*", help="split=valid|test, data.KEY=VALUE, eval.KEY=VALUE, trainer.device=cpu")
+    parser.add_argument("--attention-report", action="store_true",
+                        help="also write attention mass by distance (cmem, memory, segment buckets) as "
+                        "attention_<split>.png and .json beside the checkpoint (same as eval.attention_report=true)")
     args = parser.parse_args(argv)
     with user_errors(PROG):
-        run(args.checkpoint, args.overrides)
+        run(args.checkpoint, args.overrides, attention_report=args.attention_report)
 
 
 if __name__ == "__main__":

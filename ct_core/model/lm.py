@@ -37,6 +37,7 @@ class LMOutput:
     logits: Tensor  # [B, T, vocab_size]
     memory: MemoryState  # to pass to the next segment (detached)
     aux_loss: Tensor  # scalar compression loss; 0 when there is none
+    usage: list[Tensor] | None = None  # per layer [B, C + M + T] attention mass per key (return_usage)
 
 
 class CompressiveTransformerLM(nn.Module):
@@ -193,9 +194,14 @@ class CompressiveTransformerLM(nn.Module):
         return memory.with_compressed_pending(new, self.compressors[0].compressed_mask(old_mask))
 
     # --------------------------------------------------------------- forward
-    def forward(self, tokens: Tensor, memory: MemoryState | None = None, reset: Tensor | None = None) -> LMOutput:
+    def forward(
+        self, tokens: Tensor, memory: MemoryState | None = None, reset: Tensor | None = None,
+        return_usage: bool = False,
+    ) -> LMOutput:
         """tokens: ``[B, T]`` int64 with ``T <= seq_len``; reset: ``[B]`` bool,
-        rows whose memory is cleared before this segment."""
+        rows whose memory is cleared before this segment. ``return_usage``
+        adds each layer's attention mass per key, summed over heads and
+        queries (keys ``[cmem; mem; segment]``), to the output."""
         b, t = tokens.shape
         if t > self.cfg.seq_len:
             raise ValueError(f"segment of {t} tokens is longer than model.seq_len={self.cfg.seq_len}")
@@ -204,7 +210,7 @@ class CompressiveTransformerLM(nn.Module):
         if reset is not None:
             memory = memory.reset_rows(reset)
         memory = self.compress_pending(memory)
-        want_usage = self.needs_usage
+        want_usage = self.needs_usage or return_usage
         h = self.drop(self.embed(tokens))  # [B, T, D]
         n_keys = memory.cmem_len + memory.mem_len + t
         pos = self.positions(n_keys, tokens.device, h.dtype)  # [K, D]
@@ -220,7 +226,7 @@ class CompressiveTransformerLM(nn.Module):
             usage.append(u)
         logits = self.head(self.norm_out(h))  # [B, T, V]
         next_memory, aux = self.update_memory(memory, torch.stack(hidden), usage if want_usage else None)
-        return LMOutput(logits=logits, memory=next_memory, aux_loss=aux)
+        return LMOutput(logits=logits, memory=next_memory, aux_loss=aux, usage=usage if return_usage else None)
 
     def num_parameters(self, trainable_only: bool = True) -> int:
         params = {id(p): p for p in self.parameters() if p.requires_grad or not trainable_only}

@@ -124,6 +124,7 @@ class EvalConfig:
     batch_size: int = 8
     mem_len: int | None = None  # None = the training value
     cmem_len: int | None = None
+    attention_report: bool = False  # ct-eval: also write attention mass by distance (PNG + JSON)
 
     def validate(self, key: Callable[[str], str] = section_key("eval")) -> None:
         _check(self, key, ("batch_size",), _positive, "a positive integer")
