@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.evidence_report import write_report
-from bench.evidence_studies import SIZES, RunSpec, Study, all_studies
+from bench.evidence_studies import RunSpec, Study, all_studies
 
 REPO = Path(__file__).resolve().parents[1]
 #: nanoGPT's train_shakespeare_char on 2 CPU cores (2,000 iterations), whole command.

@@ -1,0 +1,77 @@
+"""The evidence runner: real ct-train/ct-eval runs, one progress line per
+run, finished runs never redone, a report with mean (min–max) over seeds and
+the generated blocks of docs/results.md filled between their markers."""
+
+import json
+
+import pytest
+
+from bench import evidence, evidence_report
+from bench.evidence_studies import RunSpec, Study, all_studies
+from ct_core.cli.common import compose_recipe
+
+pytestmark = pytest.mark.slow
+
+TINY = ("trainer.steps=3", "trainer.eval_every=100", "trainer.save_every=100", "trainer.final_eval=false",
+        "trainer.eval_max_batches=1", "trainer.sample_tokens=0", "trainer.eval_sample_tokens=0",
+        "data.n_documents=20", "data.min_len=100", "data.max_len=100")
+
+
+def tiny_studies(size, data):
+    study = Study("recall", "tiny recall", "probe_accuracy", lower_is_better=False)
+    for seed in (0, 1):
+        study.runs += [RunSpec("ct", "synthetic/recall_ct", TINY, seed, eval_split="test"),
+                       RunSpec("txl", "synthetic/recall_txl", TINY, seed, eval_split="test")]
+    return [study]
+
+
+def test_runs_once_reports_and_resumes(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(evidence, "all_studies", tiny_studies)
+    out = tmp_path / "out"
+    evidence.main(["--quick", "--only", "recall", "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert "[1/4] recall: ct seed 0 ..." in printed and "[4/4] recall: txl seed 1: probe_accuracy" in printed
+    report = (out / "report.md").read_text()
+    assert "| CT (conv + attention loss) | 2 |" in report and "| Transformer-XL | 2 |" in report
+    assert (out / "figures" / "recall_accuracy.png").is_file()
+    results = sorted(out.glob("runs/*/train_result.json"))
+    assert len(results) == 4 and all(json.loads(p.read_text())["parameters"] > 0 for p in results)
+    stamps = [p.stat().st_mtime_ns for p in results]
+
+    evidence.main(["--quick", "--only", "recall", "--out", str(out)])  # everything done: nothing retrained
+    assert "(done before)" in capsys.readouterr().out
+    assert [p.stat().st_mtime_ns for p in results] == stamps
+
+
+def test_docs_blocks_are_replaced_between_markers(tmp_path):
+    doc = tmp_path / "results.md"
+    doc.write_text("intro\n<!-- evidence:race -->\nold\n<!-- /evidence:race -->\noutro\n")
+    evidence_report.replace_blocks(doc, {"race": "new table"})
+    assert doc.read_text() == "intro\n<!-- evidence:race -->\nnew table\n<!-- /evidence:race -->\noutro\n"
+    with pytest.raises(SystemExit, match="no <!-- evidence:speech --> block"):
+        evidence_report.replace_blocks(doc, {"speech": "x"})
+
+
+def test_spread_of_seeds():
+    assert evidence_report.spread([1.0, 2.0, 3.0]) == "2.000 (1.000–3.000)"
+    assert evidence_report.spread([0.5], digits=2) == "0.50"
+
+
+@pytest.mark.parametrize("size", ["quick", "cpu", "full"])
+def test_every_comparison_is_at_equal_attention_cost(size, tmp_path):
+    """Same seq_len, layers, width and steps; CT's mem + cmem slots equal
+    Transformer-XL's mem slots; at least two seeds per model."""
+    for study in all_studies(size, tmp_path):
+        if study.name not in ("recall", "shakespeare", "pg19", "speech"):
+            continue
+        shapes = {}
+        for spec in study.runs:
+            raw = compose_recipe([a for a in spec.train_args(tmp_path) if not a.startswith(("hydra.", "resume="))],
+                                 "test")
+            model, memory = raw["model"], raw["memory"]
+            shapes.setdefault(spec.label, set()).add(
+                (memory["seq_len"], model["n_layers"], model["d_model"], raw["trainer"]["steps"],
+                 memory["mem_len"] + memory["cmem_len"]))
+            assert raw["trainer"]["seed"] == spec.seed
+        assert len({frozenset(v) for v in shapes.values()}) == 1, (study.name, shapes)
+        assert all(len({spec.seed for spec in study.runs if spec.label == label}) >= 2 for label in shapes)
