@@ -1,4 +1,6 @@
-"""Cached incremental sampling equals the training forward (DESIGN §6 item 7)."""
+"""The cached incremental decoder gives every token the logits of the
+training forward, across segment rolls and compressions, whatever the
+chunking of the fed tokens; sampling options restrict the support as named."""
 
 import pytest
 import torch

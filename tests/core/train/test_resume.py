@@ -1,5 +1,6 @@
-"""Exact resume (DESIGN §6 item 8): a run SIGKILLed and resumed with
-resume=auto ends bit-identical to one that was never interrupted."""
+"""Exact resume: a run SIGKILLed and resumed with resume=auto ends with
+weights, optimizer, scheduler, batcher, memories and RNG states bit-identical
+to a run that was never interrupted (CPU)."""
 
 import os
 import signal
