@@ -7,9 +7,12 @@ import signal
 import subprocess
 import time
 
+import pytest
 import torch
 
 from tests.conftest import run_cli, script
+
+pytestmark = pytest.mark.slow  # runs the console scripts as subprocesses
 
 # Dropout and shuffling make the RNG and batcher state matter.
 RECIPE = ["experiment=smoke/synthetic", "trainer.steps=40", "trainer.save_every=10", "trainer.eval_every=20",
