@@ -6,16 +6,13 @@ import pytest
 import torch
 
 from ct_core import CompressiveTransformerLM, ModelConfig
+from ct_core.model.compression import COMPRESSORS
 from ct_core.model.sampling import IncrementalDecoder, generate, sample_next
 
-CASES = [
-    ("conv", "attention"),
-    ("dilated_conv", "autoencoding"),
-    ("conv", "bptt"),
-    ("mean_pool", "none"),
-    ("max_pool", "none"),
-    ("most_used", "none"),
-]
+#: Every compression function of the table (trained by Algorithm 2 when it
+#: has weights), plus the losses that change when compression happens.
+CASES = [(name, "attention" if cls.has_parameters else "none") for name, cls in COMPRESSORS.items()]
+CASES += [("dilated_conv", "autoencoding"), ("conv", "bptt")]
 
 
 def make(compression, loss, mem_len=8, cmem_len=6, norm="pre"):
