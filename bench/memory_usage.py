@@ -26,7 +26,8 @@ from pathlib import Path
 
 import torch
 
-from bench.common import REPO, Shape, environment_header, get_shape, markdown_table, write_results
+from bench.report import REPO, environment_header, markdown_table, write_results
+from bench.shapes import Shape, get_shape
 
 MIB = 2**20
 SPANS = [(0, 0), (128, 128), (256, 256), (512, 512), (1024, 1024)]  # (mem_len, cmem_len) at shape S

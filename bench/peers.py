@@ -1,5 +1,5 @@
 """Contenders: our model and the peer implementations behind one interface,
-built at a benchmark :class:`~bench.common.Shape`.
+built at a benchmark :class:`~bench.shapes.Shape`.
 
 - ``ours``: :class:`ct_core.model.lm.CompressiveTransformerLM`, conv compression
   trained by the attention-reconstruction loss (Algorithm 2).
@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bench.common import Shape
+from bench.shapes import Shape
 
 NAMES = ("ours", "ctp", "ctp-trainable", "xtransformers")
 INSTALL = 'pip install -e ".[bench]"'

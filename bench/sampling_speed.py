@@ -28,9 +28,10 @@ from pathlib import Path
 
 import torch
 
-from bench.common import (QUIET_SHARE, SHARED_CPU_NOTE, cpu_seconds, environment_header, fmt, get_shape,
-                          interleaved_windows, markdown_table, measure_copy_bandwidth, median, others_share,
-                           set_wait_budget, timed, wait_for_quiet, write_results)
+from bench.report import SHARED_CPU_NOTE, environment_header, fmt, markdown_table, write_results
+from bench.shapes import get_shape
+from bench.timing import (QUIET_SHARE, cpu_seconds, interleaved_windows, measure_copy_bandwidth, median, others_share,
+                          set_wait_budget, timed, wait_for_quiet)
 from bench.peers import TOP_K, build_available
 
 TEXT_CONTENDERS = ["ours", "ctp", "xtransformers"]  # ctp-trainable samples exactly like ctp

@@ -8,7 +8,7 @@ contenders and a square GEMM are timed round-robin in windows; rates are
 medians over windows and ours/peer ratios are medians of per-round ratios.
 
 MFU = achieved model FLOPs / the GEMM rate of the same round, with model
-FLOPs from :func:`bench.common.model_flops_per_token` (the same formula for
+FLOPs from :func:`bench.shapes.model_flops_per_token` (the same formula for
 every contender at a shape). The executed FLOPs of each contender (counted
 by ``torch.utils.flop_counter`` on one step: every matmul, convolution and
 attention it really runs) give the hardware utilisation beside it.
@@ -26,9 +26,10 @@ from typing import Callable, Sequence
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from bench.common import (SHARED_CPU_NOTE, Shape, Window, environment_header, fmt, gemm_calls, gemm_task, get_shape,
-                          interleaved_windows, markdown_table, matmul_parameters, measure_gemm_peak, median,
-                          model_flops_per_token, set_wait_budget, timed, write_results)
+from bench.report import SHARED_CPU_NOTE, environment_header, fmt, markdown_table, write_results
+from bench.shapes import Shape, get_shape, matmul_parameters, model_flops_per_token
+from bench.timing import (Window, gemm_calls, gemm_task, interleaved_windows, measure_gemm_peak, median,
+                          set_wait_budget, timed)
 from bench.peers import NAMES, Contender, build_available
 
 #: Peers whose every weight is trained, the fair comparison for the targets.

@@ -13,6 +13,8 @@ import soundfile as sf
 from ct_audio.mulaw import mulaw_decode, mulaw_encode
 from tests.conftest import run_cli
 
+pytestmark = pytest.mark.slow  # runs the console scripts as subprocesses
+
 CUT_DOWN = ["model.n_layers=2", "model.d_model=48", "model.n_heads=2", "model.d_ff=96", "memory.seq_len=64",
             "memory.mem_len=64", "memory.cmem_len=32", "trainer.steps=40", "trainer.log_every=10",
             "trainer.eval_every=20", "trainer.eval_max_batches=5", "trainer.save_every=40", "trainer.sample_tokens=800", "trainer.eval_sample_tokens=200", "optim.lr=3e-3", "optim.warmup_steps=5"]

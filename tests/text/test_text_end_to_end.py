@@ -9,6 +9,8 @@ import pytest
 
 from tests.conftest import SHARED_DATA, run_cli
 
+pytestmark = pytest.mark.slow  # runs the console scripts as subprocesses
+
 CUT_DOWN = ["experiment=text/shakespeare_cpu", "model.n_layers=2", "model.d_model=64", "model.n_heads=2",
             "model.d_ff=128", "model.dropout=0.0", "memory.seq_len=32", "memory.mem_len=32", "memory.cmem_len=16",
             "trainer.steps=60", "trainer.log_every=10", "trainer.eval_every=60", "trainer.save_every=60",

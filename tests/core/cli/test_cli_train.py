@@ -9,6 +9,8 @@ from safetensors.torch import load_file
 
 from tests.conftest import run_cli
 
+pytestmark = pytest.mark.slow  # runs the console scripts as subprocesses
+
 SMOKE = ["experiment=smoke/synthetic", "trainer.steps=60", "trainer.log_every=10"]
 
 

@@ -1,5 +1,5 @@
-"""Every recipe composes and validates without building a model
-(DESIGN §6 item 10), and ``import ct_core`` stays front-end free."""
+"""Every recipe composes and validates without building a model, the paper
+recipes have the paper's shapes, and ``import ct_core`` stays front-end free."""
 
 import subprocess
 import sys

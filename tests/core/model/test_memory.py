@@ -1,4 +1,7 @@
-"""Algorithm 1 against a hand-computed trace (DESIGN §6 item 4)."""
+"""After every segment, mem and cmem hold exactly what a hand-computed
+Algorithm 1 trace says (known inputs, mean pooling), partly filled groups
+and short segments included; a reset row is bit-identical to a fresh one;
+without compressed memory nothing is compressed."""
 
 import torch
 

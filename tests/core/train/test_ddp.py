@@ -6,9 +6,12 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from tests.conftest import run_cli
+
+pytestmark = pytest.mark.slow  # torchrun and the console scripts as subprocesses
 
 RECIPE = ["experiment=smoke/synthetic", "trainer.steps=8", "trainer.batch_size=4", "trainer.save_every=8",
           "trainer.eval_every=8", "trainer.sample_tokens=0", "compression=mean_pool", "trainer.threads=1"]

@@ -1,14 +1,18 @@
-"""Exact resume (DESIGN §6 item 8): a run SIGKILLed and resumed with
-resume=auto ends bit-identical to one that was never interrupted."""
+"""Exact resume: a run SIGKILLed and resumed with resume=auto ends with
+weights, optimizer, scheduler, batcher, memories and RNG states bit-identical
+to a run that was never interrupted (CPU)."""
 
 import os
 import signal
 import subprocess
 import time
 
+import pytest
 import torch
 
 from tests.conftest import run_cli, script
+
+pytestmark = pytest.mark.slow  # runs the console scripts as subprocesses
 
 # Dropout and shuffling make the RNG and batcher state matter.
 RECIPE = ["experiment=smoke/synthetic", "trainer.steps=40", "trainer.save_every=10", "trainer.eval_every=20",
