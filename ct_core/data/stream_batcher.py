@@ -144,7 +144,7 @@ class StreamBatcher:
         if batch_size <= 0:
             raise ConfigError(f"trainer.batch_size={batch_size} must be a positive integer")
         if seq_len <= 0:
-            raise ConfigError(f"model.seq_len={seq_len} must be a positive integer")
+            raise ConfigError(f"memory.seq_len={seq_len} must be a positive integer")
         if world_size <= 0 or not 0 <= rank < world_size:
             raise ConfigError(f"rank {rank} is outside a world of {world_size} processes")
         if batch_size % world_size != 0:
@@ -346,7 +346,7 @@ class StreamBatcher:
         checks = [
             ("mode", "the batcher mode", "use a state saved in the same mode"),
             ("batch_size", "trainer.batch_size", "resume with the same trainer.batch_size"),
-            ("seq_len", "model.seq_len", "resume with the same model.seq_len"),
+            ("seq_len", "memory.seq_len", "resume with the same memory.seq_len"),
             ("n_documents", "the number of documents", "resume with the same data"),
             ("total_targets", "the number of target tokens", "resume with the same data"),
             ("seed", "the data seed", "resume with the same seed"),

@@ -9,8 +9,9 @@
 - ``autoencoding``: a learned decoder (transposed convolution, kernel =
   stride = c) reconstructs ``old`` from ``f_c(old)``; trains compressor and
   decoder.
-- ``bptt`` and ``none`` have no auxiliary loss here (``bptt`` keeps the new
-  compressed memory in the graph instead; see ``model.py``).
+- ``bptt`` and ``none`` have no auxiliary loss here (``bptt`` lets the next
+  segment's LM loss train f_c instead, through the deferred compression of
+  :meth:`~ct_core.model.lm.CompressiveTransformerLM.compress_pending`).
 """
 
 from __future__ import annotations

@@ -91,7 +91,8 @@ class CompressiveTransformerLM(nn.Module):
                 eye = torch.eye(conv.in_channels, dtype=conv.weight.dtype) / k
                 for tap in range(k):
                     conv.weight[:, :, tap] = eye
-                conv.bias.zero_()
+                if conv.bias is not None:
+                    conv.bias.zero_()
 
     # ---------------------------------------------------------------- memory
     def empty_memory(
@@ -204,7 +205,7 @@ class CompressiveTransformerLM(nn.Module):
         queries (keys ``[cmem; mem; segment]``), to the output."""
         b, t = tokens.shape
         if t > self.cfg.seq_len:
-            raise ValueError(f"segment of {t} tokens is longer than model.seq_len={self.cfg.seq_len}")
+            raise ValueError(f"segment of {t} tokens is longer than memory.seq_len={self.cfg.seq_len}")
         if memory is None:
             memory = self.empty_memory(b, device=tokens.device)
         if reset is not None:

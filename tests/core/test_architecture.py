@@ -61,3 +61,10 @@ def test_only_the_command_line_knows_argparse():
     roots += [Path(__import__(name).__file__).parent for name in ("ct_audio", "ct_text")]
     users = [str(path) for root in roots for path in root.rglob("*.py") if "argparse" in imported_modules(path)]
     assert users == []
+
+
+@pytest.mark.parametrize("front_end,other", [("ct_audio", "ct_text"), ("ct_text", "ct_audio")])
+def test_front_ends_never_import_each_other(front_end, other):
+    root = Path(__import__(front_end).__file__).parent
+    users = [str(p) for p in root.rglob("*.py") if any(m.split(".")[0] == other for m in imported_modules(p))]
+    assert users == []

@@ -215,7 +215,7 @@ def test_state_round_trip_continues_exactly(mode: str) -> None:
 
 @pytest.mark.parametrize(
     "change, option",
-    [({"batch_size": 2}, "trainer.batch_size"), ({"seq_len": 4}, "model.seq_len"), ({"docs": 3}, "documents")],
+    [({"batch_size": 2}, "trainer.batch_size"), ({"seq_len": 4}, "memory.seq_len"), ({"docs": 3}, "documents")],
 )
 def test_state_from_a_different_setup_is_refused(change: dict, option: str) -> None:
     docs = make_docs([70, 40, 90, 30])
