@@ -10,13 +10,12 @@ its figures and, when asked, replaces the generated blocks of
 from __future__ import annotations
 
 import datetime
-import os
-import platform
 import re
 import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
+
+from bench.report import device_name, git_commit
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = REPO / "docs" / "results.md"
@@ -179,26 +178,11 @@ def race_block(race: dict[str, Any] | None) -> str:
 
 
 def environment(size: str, seconds: float) -> str:
-    def git(*args: str) -> str:
-        try:
-            return subprocess.run(["git", *args], capture_output=True, text=True, cwd=REPO).stdout.strip()
-        except OSError:
-            return "unknown"
-
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    dirty = " (with uncommitted changes)" if git("status", "--porcelain", "--untracked-files=no") else ""
-    return (f"Size `{size}`; commit `{git('rev-parse', '--short', 'HEAD')}`{dirty}; torch {torch.__version__}; "
-            f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads; "
-            f"{datetime.date.today().isoformat()}; whole study {seconds / 60:.0f} min.")
+    return (f"Size `{size}`; commit `{git_commit()}`; torch {torch.__version__}; {device_name(torch.device('cpu'))}, "
+            f"{torch.get_num_threads()} torch threads; {datetime.date.today().isoformat()}; "
+            f"whole study {seconds / 60:.0f} min.")
 
 
 def write_report(results: dict[str, Any], race: dict[str, Any] | None, size: str, out: Path, write_docs: bool,
