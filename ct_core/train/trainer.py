@@ -36,12 +36,14 @@ from ct_core.train.distributed import DistContext, all_reduce_sum, barrier
 from ct_core.errors import CheckpointError, ConfigError, UserError
 from ct_core.train.evaluator import EvalResult, evaluate
 from ct_core.data.frontend import FrontEnd
+from ct_core.model.execution import Execution
 from ct_core.model.memory import MemoryState
 from ct_core.train.metric_logger import MetricLogger
 from ct_core.model.lm import CompressiveTransformerLM
 from ct_core.train.optim import build_optimizer, build_scheduler
 from ct_core.train.run_config import RunConfig
-from ct_core.train.runtime import autocast_context, configure_torch, resolve_device, seed_everything
+from ct_core.train.runtime import (attention_backend, autocast_context, configure_torch, resolve_device,
+                                   seed_everything)
 from ct_core.model.sampling import generate
 from ct_core.data.stream_batcher import IGNORE_INDEX, StreamBatcher
 
@@ -69,33 +71,47 @@ class Trainer:
 
         self.model = CompressiveTransformerLM(cfg.model)
         self.model.to(self.device)
+        self.model.set_execution(Execution(
+            attention=attention_backend(t.attention_backend, self.device),
+            activation_checkpointing=t.activation_checkpointing,
+            compile_backend=t.compile_backend if t.compile else None,
+        ))
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, t.steps)
         self.forward = self.model
         if self.ctx.enabled:
+            # Every parameter that requires a gradient gets one in every
+            # forward (compressors no loss trains are frozen by the model;
+            # bptt compresses its pending block, empty at first, in every
+            # forward), so DDP needs no find_unused_parameters graph search.
+            # Gradients live in DDP's buckets, not in a second copy.
             self.forward = torch.nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=False, gradient_as_bucket_view=True,
             )
-        if t.compile:
-            self.forward = torch.compile(self.forward)
 
         self.train_docs = frontend.documents("train")
         self.valid_docs = frontend.documents("valid")
         self.batcher = StreamBatcher(self.train_docs, t.batch_size, cfg.model.seq_len, mode="train", seed=t.seed,
                                      shuffle=t.shuffle, rank=self.ctx.rank, world_size=self.ctx.world_size)
-        self.memories: list[MemoryState | None] = [None] * t.grad_accum
+        # Empty memories rather than None: the first step runs the same
+        # graph as every later one (no recompile at step 2 under compile).
+        self.memories: list[MemoryState] = [self.model.empty_memory(local_lanes // t.grad_accum)
+                                            for _ in range(t.grad_accum)]
         self.step = 0
         self.tokens_seen = 0
         self.checkpoints = CheckpointManager(self.run_dir / "checkpoints", keep_last=t.keep_last)
         self.logger = MetricLogger(self.run_dir, total_steps=t.steps, enabled=self.ctx.is_main,
                                    log_every=t.log_every)
+        if any(not p.requires_grad for p in self.model.compressors.parameters()):
+            self.logger.message(f"compressor weights frozen: compression_loss={cfg.model.compression_loss} "
+                                "trains nothing of f_c")
 
     # ------------------------------------------------------------ checkpoint
     def _payload(self) -> dict[str, Any]:
         memory = {}
         for i, m in enumerate(self.memories):
-            if m is not None:
-                memory.update({f"{i}.{k}": v.detach().cpu() for k, v in m.state_dict().items()})
+            memory.update({f"{i}.{k}": v.detach().cpu() for k, v in m.state_dict().items()})
         per_rank = self._gather({"memory": memory, "rng": capture_rng_state()})
         return {
             "format_version": FORMAT_VERSION,
@@ -146,7 +162,8 @@ class Trainer:
         restore_rng_state(mine["rng"])
         for i in range(len(self.memories)):
             keys = {k.split(".", 1)[1]: v for k, v in mine["memory"].items() if k.split(".", 1)[0] == str(i)}
-            self.memories[i] = MemoryState.from_state_dict(keys).to(self.device) if keys else None
+            if keys:  # else the memory of micro-batch i stays empty
+                self.memories[i] = MemoryState.from_state_dict(keys).to(self.device)
         self.logger.message(f"resumed from {path} at step {self.step}")
 
     # ------------------------------------------------------------------ loop
