@@ -65,8 +65,6 @@ class Trainer:
                 f"trainer.batch_size={t.batch_size} must split evenly over {self.ctx.world_size} process(es) "
                 f"and trainer.grad_accum={t.grad_accum} micro-batches"
             )
-        if cfg.eval.batch_size % self.ctx.world_size:
-            raise ConfigError(f"eval.batch_size={cfg.eval.batch_size} must be divisible by the world size {self.ctx.world_size}")
         seed_everything(t.seed + self.ctx.rank)
 
         self.model = CompressiveTransformerLM(cfg.model)
