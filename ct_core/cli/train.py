@@ -44,9 +44,9 @@ def train_from_config(raw: dict[str, Any], run_dir: Path) -> dict[str, float]:
             if path is None:
                 trainer.logger.message(f"resume=auto: no checkpoint in {trainer.checkpoints.dir} yet, starting fresh")
             else:
-                saved = load_checkpoint(path, for_resume=True)["config"]
-                check_compatible(path, saved, cfg.raw)
-                trainer.resume(path)
+                payload = load_checkpoint(path, for_resume=True, mmap=True)  # read once, mapped
+                check_compatible(path, payload["config"], cfg.raw)
+                trainer.resume(path, payload)
         if trainer.step >= cfg.trainer.steps:
             raise CheckpointError(
                 f"the checkpoint is already at step {trainer.step} >= trainer.steps={cfg.trainer.steps}; "

@@ -79,8 +79,13 @@ class Batch:
     x: torch.Tensor  # [b, T] int64 inputs, 0 where padded
     y: torch.Tensor  # [b, T] int64 targets, IGNORE_INDEX where padded
     reset: torch.Tensor  # [b] bool: row starts a new piece; clear its memory first
-    n_targets: int  # number of y != IGNORE_INDEX
+    row_targets: tuple[int, ...]  # [b] number of y != IGNORE_INDEX per row, known without reading y
     n_targets_global: int  # targets of this step over every rank's lanes
+
+    @property
+    def n_targets(self) -> int:
+        """Number of y != IGNORE_INDEX."""
+        return sum(self.row_targets)
 
     def split(self, n: int) -> list["Batch"]:
         """``n`` micro-batches for gradient accumulation; micro-batch ``i``
@@ -98,7 +103,7 @@ class Batch:
                 x=self.x[i * size : (i + 1) * size],
                 y=self.y[i * size : (i + 1) * size],
                 reset=self.reset[i * size : (i + 1) * size],
-                n_targets=int((self.y[i * size : (i + 1) * size] != IGNORE_INDEX).sum()),
+                row_targets=self.row_targets[i * size : (i + 1) * size],
                 n_targets_global=self.n_targets_global,
             )
             for i in range(n)
@@ -109,14 +114,14 @@ class Batch:
             x=self.x.to(device, non_blocking=non_blocking),
             y=self.y.to(device, non_blocking=non_blocking),
             reset=self.reset.to(device, non_blocking=non_blocking),
-            n_targets=self.n_targets,
+            row_targets=self.row_targets,
             n_targets_global=self.n_targets_global,
         )
 
     def pin_memory(self) -> "Batch":
         """The batch in page-locked host memory, so that ``to(cuda,
         non_blocking=True)`` copies it while the GPU computes."""
-        return Batch(self.x.pin_memory(), self.y.pin_memory(), self.reset.pin_memory(), self.n_targets,
+        return Batch(self.x.pin_memory(), self.y.pin_memory(), self.reset.pin_memory(), self.row_targets,
                      self.n_targets_global)
 
 
@@ -328,7 +333,7 @@ class StreamBatcher:
         x = np.zeros((rows, seq_len), dtype=np.int64)  # [b, T]
         y = np.full((rows, seq_len), IGNORE_INDEX, dtype=np.int64)  # [b, T]
         reset = np.zeros(rows, dtype=bool)  # [b]
-        n_targets = 0
+        row_targets = [0] * rows
         n_targets_global = 0
         for lane in range(self.n_lanes):
             current = self._current(lane)
@@ -344,14 +349,15 @@ class StreamBatcher:
             x[row, :n] = tokens[:-1]
             y[row, :n] = tokens[1:]
             reset[row] = self._offset[lane] == 0
-            n_targets += n
+            row_targets[row] = n
         for lane in range(self.n_lanes):  # all cursors advance, not only this rank's
             self._advance(lane)
         if self.mode == "train":
             oldest = min(self._epoch)
             for epoch in [e for e in self._plans if e < oldest]:
                 del self._plans[epoch]
-        return Batch(torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(reset), n_targets, n_targets_global)
+        return Batch(torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(reset), tuple(row_targets),
+                     n_targets_global)
 
     # ------------------------------------------------------------ checkpoint
     def state_dict(self) -> dict[str, Any]:

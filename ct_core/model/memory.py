@@ -203,6 +203,17 @@ class MemoryState:
         # Contiguous, as in evict: no view of the longer buffer outlives the update.
         return cmem[:, :, cmem.shape[2] - c :].contiguous(), cmem_mask[:, cmem_mask.shape[1] - c :].contiguous()
 
+    def where(self, condition: Tensor, other: "MemoryState") -> "MemoryState":
+        """``other`` where the 0-dim bool ``condition`` holds, else this
+        state, tensor by tensor: a choice made on the device, without
+        reading ``condition`` on the host."""
+
+        def pick(a: Tensor | None, b: Tensor | None) -> Tensor | None:
+            return None if a is None else torch.where(condition, b, a)
+
+        return MemoryState(*(pick(getattr(self, f), getattr(other, f)) for f in
+                             ("mem", "mem_mask", "cmem", "cmem_mask", "pending", "pending_mask")))
+
     def state_dict(self) -> dict[str, Tensor]:
         state = {"mem": self.mem, "mem_mask": self.mem_mask, "cmem": self.cmem, "cmem_mask": self.cmem_mask}
         if self.pending is not None:

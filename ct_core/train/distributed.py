@@ -17,7 +17,7 @@ from __future__ import annotations
 import datetime
 import os
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
@@ -63,6 +63,23 @@ def all_reduce_sum(ctx: DistContext, values: list[float], device: torch.device) 
     t = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t.tolist()
+
+
+def all_reduce_(ctx: DistContext, values: torch.Tensor) -> torch.Tensor:
+    """Sum ``values`` over ranks in place and return it; on NCCL the sum is
+    queued on the GPU and nothing waits for it until it is read."""
+    if ctx.enabled:
+        dist.all_reduce(values, op=dist.ReduceOp.SUM)
+    return values
+
+
+def gather_to_main(ctx: DistContext, obj: Any) -> list[Any]:
+    """Every rank's picklable ``obj`` at rank 0 (in rank order); other ranks get []."""
+    if not ctx.enabled:
+        return [obj]
+    out: list[Any] | None = [None] * ctx.world_size if ctx.is_main else None
+    dist.gather_object(obj, out, dst=0)
+    return out or []
 
 
 def run_on_local_leader(ctx: DistContext, fn: Callable[[], None],

@@ -31,7 +31,7 @@ def compiled_graphs() -> int:
 
 def losses(trainer, steps):
     torch.manual_seed(1)
-    return [trainer.train_step()["loss"] for _ in range(steps)]
+    return [float(trainer.train_step()["loss"]) for _ in range(steps)]
 
 
 @pytest.mark.parametrize("choice,checkpointing", CASES)
@@ -44,10 +44,10 @@ def test_compiled_training_compiles_once_and_matches_eager(tmp_path, choice, che
     trainer = make_trainer(tmp_path / "compiled", choice, "trainer.compile=true", "trainer.compile_backend=aot_eager",
                            *options)
     torch.manual_seed(1)
-    compiled = [trainer.train_step()["loss"]]
+    compiled = [float(trainer.train_step()["loss"])]
     first = compiled_graphs()
     assert first > 0
-    compiled += [trainer.train_step()["loss"] for _ in range(2)]
+    compiled += [float(trainer.train_step()["loss"]) for _ in range(2)]
     assert compiled_graphs() == first, "a later step compiled again"
     assert compiled == pytest.approx(eager, rel=1e-5)
     trainer.save()
