@@ -316,6 +316,40 @@ def measure_copy_bandwidth(device: torch.device, mib: int = 256, windows: int = 
     return 2 * src.numel() * 4 * 3 / median(times) / 1e9
 
 
+#: Dense bf16 tensor-core peaks (TFLOP/s, no sparsity) from the vendors'
+#: data sheets, by a substring of torch.cuda.get_device_name; the first
+#: match wins, so more specific names come first.
+BF16_DENSE_PEAK_TFLOPS: tuple[tuple[str, float], ...] = (
+    ("GH200", 989.0), ("H200", 989.0), ("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.0),
+    ("B200", 2250.0), ("A100", 312.0), ("A800", 312.0), ("L40S", 362.0), ("L40", 181.0), ("L4", 121.0),
+    ("A10G", 70.0), ("A10", 125.0), ("RTX 4090", 165.0), ("RTX 3090", 71.0),
+)
+
+
+def bf16_peak_flops_of(name: str) -> tuple[float | None, str]:
+    """Dense bf16 peak (FLOP/s) of the CUDA device called ``name`` and where
+    it comes from; ``None`` when it is not in :data:`BF16_DENSE_PEAK_TFLOPS`."""
+    for key, tflops in BF16_DENSE_PEAK_TFLOPS:
+        if key in name:
+            return tflops * 1e12, f"{tflops:g} TFLOP/s dense bf16 ({key} data sheet)"
+    return None, f"{name} is not in the table of data-sheet peaks"
+
+
+def bf16_peak_flops(device: torch.device) -> tuple[float | None, str]:
+    """:func:`bf16_peak_flops_of` this device (``None`` on a CPU: the caller
+    falls back to a measured GEMM rate)."""
+    if device.type != "cuda":
+        return None, "no data-sheet peak for a CPU"
+    return bf16_peak_flops_of(torch.cuda.get_device_name(device))
+
+
+def allow_tf32(enabled: bool) -> None:
+    """TF32 tensor cores for fp32 matmuls and convolutions (CUDA only):
+    what is left in fp32 under bf16 autocast, or all of an fp32 run."""
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    torch.backends.cudnn.allow_tf32 = enabled
+
+
 # ------------------------------------------------------------- environment
 def cpu_name() -> str:
     lines = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []
@@ -339,7 +373,10 @@ def hardware_tag(device: torch.device, threads: int) -> str:
 def git_commit() -> str:
     """HEAD, plus the tracked files outside bench/ that differ from it."""
     def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True).stdout.strip()
+        try:
+            return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True).stdout.strip()
+        except OSError:  # no git on this machine (a bare GPU box)
+            return ""
 
     head = git("rev-parse", "HEAD") or "unknown"
     dirty = git("diff", "--name-only", "HEAD", "--", ".", ":!bench").splitlines()
