@@ -122,7 +122,8 @@ def main(argv: list[str] | None = None) -> None:
         def fits(total: float) -> str:
             return "yes" if total < args.gpu_gib * GIB else "**no**"
 
-        rows.append([name, f"{e['params'] / 1e6:.1f} M", f"{e['per_layer'] / 2**20:,.0f}", f"{e['outside'] / 2**20:,.0f}",
+        rows.append([name, f"{e['params'] / 1e6:.1f} M", f"{e['per_layer'] / 2**20:,.0f}",
+                     f"{e['outside'] / 2**20:,.0f}",
                      f"{(shape.n_layers * e['per_layer'] + e['outside']) / GIB:.2f}",
                      f"{shape.batch_size} / {lanes}", f"{plain / GIB:.1f} ({fits(plain)})", f"{ckpt / GIB:.1f}",
                      f"{whole_plain / GIB:.1f} ({fits(whole_plain)})", f"{whole_ckpt / GIB:.1f} ({fits(whole_ckpt)})"])

@@ -42,8 +42,9 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from bench.common import (RESULTS_DIR, Shape, allow_tf32, bf16_peak_flops, environment_header, hardware_tag,
-                          markdown_table, measure_gemm_peak, model_flops_per_token, sync)
+from bench.common import (RESULTS_DIR, Shape, environment_header, hardware_tag, markdown_table, model_flops_per_token,
+                          sync)
+from bench.peaks import allow_tf32, bf16_peak_flops, measure_gemm_peak
 
 #: Recipe shapes at a per-GPU batch that fits an 80 GB GPU without
 #: activation checkpointing (bench/results/activation_memory_*.md).

@@ -28,9 +28,10 @@ from pathlib import Path
 
 import torch
 
-from bench.common import (QUIET_SHARE, SHARED_CPU_NOTE, allow_tf32, cpu_seconds, environment_header, fmt, get_shape,
-                          interleaved_windows, markdown_table, measure_copy_bandwidth, median, others_share,
-                          set_wait_budget, sync, timed, wait_for_quiet, write_results)
+from bench.common import (QUIET_SHARE, SHARED_CPU_NOTE, cpu_seconds, environment_header, fmt, get_shape,
+                          interleaved_windows, markdown_table, median, others_share, set_wait_budget, sync, timed,
+                          wait_for_quiet, write_results)
+from bench.peaks import allow_tf32, measure_copy_bandwidth
 from bench.peers import TOP_K, build_available
 
 TEXT_CONTENDERS = ["ours", "ctp", "xtransformers"]  # ctp-trainable samples exactly like ctp

@@ -26,9 +26,10 @@ from typing import Callable, Sequence
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from bench.common import (SHARED_CPU_NOTE, Shape, Window, allow_tf32, bf16_peak_flops, environment_header, fmt,
-                          gemm_calls, gemm_task, get_shape, interleaved_windows, markdown_table, matmul_parameters,
-                          measure_gemm_peak, median, model_flops_per_token, set_wait_budget, timed, write_results)
+from bench.common import (SHARED_CPU_NOTE, Shape, Window, environment_header, fmt, get_shape, interleaved_windows,
+                          markdown_table, matmul_parameters, median, model_flops_per_token, set_wait_budget, timed,
+                          write_results)
+from bench.peaks import allow_tf32, bf16_peak_flops, gemm_calls, gemm_task, measure_gemm_peak
 from bench.peers import NAMES, Contender, build_available
 
 #: Peers whose every weight is trained, the fair comparison for the targets.

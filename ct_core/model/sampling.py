@@ -27,7 +27,6 @@ Example::
 
 from __future__ import annotations
 
-import contextlib
 from typing import Callable
 
 import torch

@@ -226,7 +226,8 @@ class Trainer:
         if self.skip_on_device:
             bad = (totals[2] > 0) | ~torch.isfinite(grad_norm)
             self.optimizer.found_inf = bad.float()  # the fused update leaves weights and state as they are
-            self.memories = [new.where(bad, old) for new, old in zip(self.memories, previous)]  # a NaN must not poison them
+            # A NaN must not poison the memories either.
+            self.memories = [new.where(bad, old) for new, old in zip(self.memories, previous)]
             self._bad_run = torch.where(bad, self._bad_run + 1, 0)
             self._worst_run = torch.maximum(self._worst_run, self._bad_run)
             self._skipped += bad

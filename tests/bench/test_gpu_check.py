@@ -8,8 +8,9 @@ import sys
 
 import pytest
 
-from bench.common import REPO, bf16_peak_flops_of, get_shape
+from bench.common import REPO, get_shape
 from bench.gpu_check import SHAPES
+from bench.peaks import bf16_peak_flops_of
 
 
 def test_dry_run_passes_every_part_and_writes_the_report(tmp_path):
@@ -40,4 +41,5 @@ def test_data_sheet_peaks_by_device_name(device, tflops):
 
 
 def test_an_unknown_device_has_no_data_sheet_peak():
-    assert bf16_peak_flops_of("NVIDIA Quadro P1000") == (None, "NVIDIA Quadro P1000 is not in the table of data-sheet peaks")
+    name = "NVIDIA Quadro P1000"
+    assert bf16_peak_flops_of(name) == (None, f"{name} is not in the table of data-sheet peaks")
