@@ -12,8 +12,10 @@ Every part runs even when another fails, and the report says which failed:
 2. Compiled bf16 training through the trainer itself (per-block
    ``torch.compile``, FlexAttention, fused Adam, updates skipped on the
    device, prefetched batches) at the shapes of ``speech_ct`` and
-   ``enwik8_ct``: tokens/s, MFU against the device's dense bf16 peak
-   (data sheet; a measured GEMM rate where the device is not in the
+   ``enwik8_ct``, and ``speech_ct`` once more with SDPA (FlexAttention
+   accumulates the gradient of its position scores with atomics, which may
+   cost more than it saves): tokens/s, MFU against the device's dense bf16
+   peak (data sheet; a measured GEMM rate where the device is not in the
    table), peak memory, and graphs compiled after warm-up (should be 0).
 3. Batched audio sampling at 24 kHz with the ``speech_ct`` shape at batch
    1 and 64 (bf16, CUDA graph): real-time factor, all streams together.
@@ -139,7 +141,7 @@ def ok(passed: bool) -> str:
 
 
 # ---------------------------------------------------------------- training
-def run_config(shape: Shape, args: argparse.Namespace, world_size: int = 1) -> dict[str, Any]:
+def run_config(shape: Shape, args: argparse.Namespace, world_size: int = 1, attention: str = "auto") -> dict[str, Any]:
     """The mapping a recipe resolves to, for ``shape`` on synthetic data."""
     cuda = args.device.startswith("cuda")
     return {
@@ -154,7 +156,8 @@ def run_config(shape: Shape, args: argparse.Namespace, world_size: int = 1) -> d
         "trainer": {"steps": 10**6, "batch_size": shape.batch_size * world_size, "device": args.device,
                     "precision": "bf16" if cuda else "fp32", "compile": args.compile_backend != "none",
                     "compile_backend": args.compile_backend if args.compile_backend != "none" else "inductor",
-                    "log_every": 10**6, "eval_every": 10**6, "save_every": 10**6, "final_eval": False},
+                    "attention_backend": attention, "log_every": 10**6, "eval_every": 10**6, "save_every": 10**6,
+                    "final_eval": False},
         "eval": {"batch_size": shape.batch_size},
     }
 
@@ -165,7 +168,8 @@ def steady_state_steps(shape: Shape) -> int:
         shape.cmem_len * shape.compression_rate / shape.seq_len) + 1
 
 
-def train_shape(shape: Shape, args: argparse.Namespace, device: torch.device, ctx=None) -> dict[str, Any]:
+def train_shape(shape: Shape, args: argparse.Namespace, device: torch.device, ctx=None,
+                attention: str = "auto") -> dict[str, Any]:
     """Warm up to full memories, then time ``args.steps`` trainer steps."""
     from torch._dynamo.utils import counters
 
@@ -174,7 +178,7 @@ def train_shape(shape: Shape, args: argparse.Namespace, device: torch.device, ct
     from ct_core.train.trainer import Trainer
 
     world = 1 if ctx is None else ctx.world_size
-    raw = run_config(shape, args, world)
+    raw = run_config(shape, args, world, attention)
     frontend = build_frontend(raw["data"])
     cfg = RunConfig.from_dict(raw, vocab_size=frontend.vocab_size)
     with tempfile.TemporaryDirectory() as run_dir:
@@ -200,12 +204,13 @@ def train_shape(shape: Shape, args: argparse.Namespace, device: torch.device, ct
             "new_graphs": counters["stats"]["unique_graphs"] - graphs, "checksum": checksum}
 
 
-def training_rows(shapes: dict[str, Shape], args: argparse.Namespace, device: torch.device,
+def training_rows(runs: list[tuple[str, Shape, str]], args: argparse.Namespace, device: torch.device,
                   peak: tuple[float, str]) -> list[list[Any]]:
+    """One row per ``(label, shape, attention backend)``."""
     rows = []
-    for name, shape in shapes.items():
-        print(f"[gpu_check] training {shape.describe()}", flush=True)
-        r = guarded(lambda: train_shape(shape, args, device))
+    for name, shape, attention in runs:
+        print(f"[gpu_check] training {shape.describe()}, attention {attention}", flush=True)
+        r = guarded(lambda: train_shape(shape, args, device, attention=attention))
         if isinstance(r, str):
             rows.append([name, shape.batch_size, r, "", "", "", "", "", "**FAILED**"])
             continue
@@ -340,7 +345,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[gpu_check] {check.__name__}", flush=True)
         rows = guarded(lambda: check(device))
         checks += rows if isinstance(rows, list) else [[check.__name__, rows, "**FAILED**"]]
-    training = training_rows(shapes, args, device, (peak_flops, peak_source))
+    runs = [("speech_ct", speech, "auto"), ("enwik8_ct", shapes["enwik8_ct"], "auto"),
+            ("speech_ct, sdpa", speech, "sdpa")]
+    training = training_rows(runs, args, device, (peak_flops, peak_source))
     sampling = sampling_rows(speech, device, n_new)
     nccl = nccl_rows(speech.replace(batch_size=max(speech.batch_size // 2, 1)), args)
 
@@ -350,6 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     mode = "" if cuda else " (dry run: small shapes)"
     how = ("bf16 autocast, FlexAttention, fused Adam with updates skipped on the device, batches prefetched"
            if cuda else "fp32, SDPA, Adam, one host sync per step (the CPU path)")
+    how += " (SDPA where the row says so)" if cuda else ""
     body = [f"## GPU-only paths against their references{mode}", "",
             *markdown_table(["check", "result", "status"], checks), "",
             f"## Compiled training through the trainer{mode}", "",
