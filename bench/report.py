@@ -51,7 +51,10 @@ def hardware_tag(device: torch.device, threads: int) -> str:
 def git_commit() -> str:
     """HEAD, plus the tracked files outside bench/ that differ from it."""
     def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True).stdout.strip()
+        try:
+            return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True).stdout.strip()
+        except OSError:  # no git on this machine (a bare GPU box)
+            return ""
 
     head = git("rev-parse", "HEAD") or "unknown"
     dirty = git("diff", "--name-only", "HEAD", "--", ".", ":!bench").splitlines()

@@ -28,10 +28,11 @@ from pathlib import Path
 
 import torch
 
+from bench.peaks import allow_tf32, measure_copy_bandwidth
 from bench.report import SHARED_CPU_NOTE, environment_header, fmt, markdown_table, write_results
 from bench.shapes import get_shape
-from bench.timing import (QUIET_SHARE, cpu_seconds, interleaved_windows, measure_copy_bandwidth, median, others_share,
-                          set_wait_budget, timed, wait_for_quiet)
+from bench.timing import (QUIET_SHARE, cpu_seconds, interleaved_windows, median, others_share, set_wait_budget, sync,
+                          timed, wait_for_quiet)
 from bench.peers import TOP_K, build_available
 
 TEXT_CONTENDERS = ["ours", "ctp", "xtransformers"]  # ctp-trainable samples exactly like ctp
@@ -54,6 +55,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batches", type=int, nargs="+", default=[1, 16, 64])
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast while sampling (CUDA only), as ct-sample runs")
+    p.add_argument("--tf32", action="store_true", help="TF32 tensor cores for fp32 matmuls (CUDA only)")
     p.add_argument("--max-wait", type=float, default=20.0,
                    help="seconds each timed call may wait for other jobs to go quiet (0: never wait)")
     p.add_argument("--wait-budget", type=float, default=300.0, help="total seconds all waits may take")
@@ -62,6 +65,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.quick:
         args.rounds, args.tokens, args.speech_tokens, args.reference_positions = 1, 256, 64, 4
+    if args.bf16 and not args.device.startswith("cuda"):
+        p.error("--bf16 is for CUDA: CPU sampling runs in fp32, as ct-sample does")
     return args
 
 
@@ -91,13 +96,16 @@ def per_position_pass(model, seq: torch.Tensor, prompt: int, check: set[int], ma
     dec = IncrementalDecoder(model, 1)
     dec.feed(seq[:, :prompt])
     records, logits = [], {}
+    device = seq.device
     for first in range(prompt, seq.shape[1], chunk):
         wait_for_quiet(max_wait)
         before, t0, part = cpu_seconds(), time.perf_counter(), []
         for i in range(first, min(first + chunk, seq.shape[1])):
             pos = dec.pos
+            sync(device)
             start = time.perf_counter()
             out = dec.feed(seq[:, i : i + 1])
+            sync(device)
             part.append((pos, time.perf_counter() - start, dec.pos == 0))
             if i in check:
                 logits[i] = out[0, -1].clone()
@@ -303,10 +311,12 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     set_wait_budget(args.wait_budget)
     device = torch.device(args.device)
+    allow_tf32(args.tf32)
     header = environment_header("bench.sampling_speed", device)
-    text_lines, summary = text_section(args, device)
-    latency_lines, growth = latency_section(summary)
-    audio_lines, rtf = audio_section(args, device)
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=args.bf16):
+        text_lines, summary = text_section(args, device)
+        latency_lines, growth = latency_section(summary)
+        audio_lines, rtf = audio_section(args, device)
     rate = summary["rate"]
     weights, _ = summary["bytes"]
     bound = summary["bandwidth"] * 1e9 / weights

@@ -33,6 +33,8 @@ class Shape:
     compression: str = "conv"
     compression_loss: str = "attention"
     sample_rate: int | None = None  # audio recipes: samples per second of the waveform
+    dropout: float = 0.0
+    tie_embeddings: bool = False
 
     @property
     def n_keys(self) -> int:
@@ -50,7 +52,7 @@ class Shape:
             vocab_size=self.vocab_size, n_layers=self.n_layers, d_model=self.d_model, n_heads=self.n_heads,
             d_ff=self.d_ff, seq_len=self.seq_len, mem_len=self.mem_len, cmem_len=self.cmem_len,
             compression_rate=self.compression_rate, compression=self.compression,
-            compression_loss=self.compression_loss,
+            compression_loss=self.compression_loss, dropout=self.dropout, tie_embeddings=self.tie_embeddings,
         )
 
     def replace(self, **changes) -> "Shape":
@@ -118,7 +120,8 @@ def recipe_shape(name: str) -> Shape:
                  cmem_len=values["cmem_len"], compression_rate=values["compression_rate"],
                  batch_size=int(raw["trainer"]["batch_size"]), vocab_size=vocab,
                  compression=values["compression"], compression_loss=values["compression_loss"],
-                 sample_rate=data.get("sample_rate"))
+                 sample_rate=data.get("sample_rate"), dropout=values["dropout"],
+                 tie_embeddings=values["tie_embeddings"])
 
 
 def get_shape(name: str) -> Shape:

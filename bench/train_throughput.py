@@ -26,10 +26,10 @@ from typing import Callable, Sequence
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from bench.peaks import allow_tf32, bf16_peak_flops, gemm_calls, gemm_task, measure_gemm_peak
 from bench.report import SHARED_CPU_NOTE, environment_header, fmt, markdown_table, write_results
 from bench.shapes import Shape, get_shape, matmul_parameters, model_flops_per_token
-from bench.timing import (Window, gemm_calls, gemm_task, interleaved_windows, measure_gemm_peak, median,
-                          set_wait_budget, timed)
+from bench.timing import Window, interleaved_windows, median, set_wait_budget, timed
 from bench.peers import NAMES, Contender, build_available
 
 #: Peers whose every weight is trained, the fair comparison for the targets.
@@ -56,6 +56,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=None, help="override the shape's batch size")
     p.add_argument("--device", default="cpu")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA only), as the GPU recipes train")
+    p.add_argument("--tf32", action="store_true", help="TF32 tensor cores for what stays fp32 (CUDA only)")
     p.add_argument("--compile", action="store_true", help="torch.compile every contender's model")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=7, help="timed windows per contender")
@@ -157,6 +158,7 @@ def bench_shape(shape: Shape, args: argparse.Namespace, device: torch.device) ->
         return gemm_flops * calls["gemm"] / w.seconds / 1e9
 
     model_flops = model_flops_per_token(shape)
+    sheet_peak, sheet_source = bf16_peak_flops(device) if args.bf16 else (None, "")
     rows, summary = [], {"shape": shape.name, "rates": {}, "ratios": {}, "mfu": {}}
     for c in contenders:
         rounds, quiet = paired(windows, [c.name, "gemm"])
@@ -175,6 +177,7 @@ def bench_shape(shape: Shape, args: argparse.Namespace, device: torch.device) ->
         summary["rates"][c.name], summary["mfu"][c.name] = median(rate), median(mfu)
         rows.append([c.name, f"{fmt(median(rate))} ({fmt(min(rate))}–{fmt(max(rate))})",
                      f"{len(rounds)} {'quiet' if quiet else 'all'}", ratio, f"{median(mfu):.1%}",
+                     f"{median(rate) * model_flops / sheet_peak:.1%}" if sheet_peak else "—",
                      f"{flops_run[c.name] / 1e6:.1f}", f"{median(hfu):.1%}", f"{c.parameter_count():,}"])
     peak_all = [gflops(w) for w in windows["gemm"]]
     peak_quiet = [gflops(w) for w in windows["gemm"] if w.quiet] or peak_all
@@ -188,7 +191,10 @@ def bench_shape(shape: Shape, args: argparse.Namespace, device: torch.device) ->
              f"GFLOP/s over quiet windows ({min(peak_all):.1f}–{max(peak_all):.1f} over all). Quiet windows per "
              f"task: {', '.join(f'{n} {k}/{args.rounds}' for n, k in n_quiet.items())}.", "",
              *markdown_table(["contender", "tokens/s median (min–max)", "rounds used", "ours / this (tokens/s)",
-                              "MFU", "executed MFLOP/token", "executed / peak", "parameters"], rows)]
+                              "MFU", "MFU vs data-sheet bf16 peak", "executed MFLOP/token", "executed / peak",
+                              "parameters"], rows)]
+    if sheet_peak:
+        lines += ["", f"Data-sheet peak: {sheet_source}."]
     lines += ["", *[f"- {c.name}: {c.note}" for c in contenders], *[f"- {s}" for s in skipped]]
     summary["steps"] = steps
     return lines, summary
@@ -216,6 +222,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     set_wait_budget(args.wait_budget)
     device = torch.device(args.device)
+    allow_tf32(args.tf32)
     header = environment_header("bench.train_throughput", device)
     shapes = [get_shape(n) for n in args.shape]
     if args.batch:

@@ -25,7 +25,7 @@ PROG = "ct-train"
 def train_from_config(raw: dict[str, Any], run_dir: Path) -> dict[str, float]:
     """Prepare data, build everything, resume if asked, train, write samples."""
     from ct_core.train.checkpoint import load_checkpoint
-    from ct_core.train.distributed import barrier, init_distributed, shutdown
+    from ct_core.train.distributed import init_distributed, run_on_local_leader, shutdown
     from ct_core.errors import CheckpointError
     from ct_core.cli.run_setup import build_run, check_compatible
     from ct_core.train.trainer import Trainer
@@ -35,19 +35,18 @@ def train_from_config(raw: dict[str, Any], run_dir: Path) -> dict[str, float]:
     ctx = init_distributed(device_kind(str((raw.get("trainer") or {}).get("device", "auto"))))
     try:
         cfg, frontend = build_run(raw)
-        # Rank 0 prepares (and caches) the data; the others then find it ready.
-        if ctx.is_main:
-            frontend.prepare(progress=True)
-        barrier(ctx)
+        # Local rank 0 of each node prepares (and caches) the data, the
+        # node's other ranks wait for it as long as it takes, then find it ready.
+        run_on_local_leader(ctx, lambda: frontend.prepare(progress=True))
         trainer = Trainer(cfg, frontend, run_dir, ctx)
         if cfg.resume:
             path = trainer.checkpoints.latest() if cfg.resume == "auto" else Path(cfg.resume)
             if path is None:
                 trainer.logger.message(f"resume=auto: no checkpoint in {trainer.checkpoints.dir} yet, starting fresh")
             else:
-                saved = load_checkpoint(path, for_resume=True)["config"]
-                check_compatible(path, saved, cfg.raw)
-                trainer.resume(path)
+                payload = load_checkpoint(path, for_resume=True, mmap=True)  # read once, mapped
+                check_compatible(path, payload["config"], cfg.raw)
+                trainer.resume(path, payload)
         if trainer.step >= cfg.trainer.steps:
             raise CheckpointError(
                 f"the checkpoint is already at step {trainer.step} >= trainer.steps={cfg.trainer.steps}; "

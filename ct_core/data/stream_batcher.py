@@ -41,7 +41,13 @@ is done.
 Distributed training: every rank computes the same ``B`` global lanes and
 keeps all ``B`` cursors (so any rank's :meth:`~StreamBatcher.state_dict`
 resumes any world size), but slices tokens only for its own rows
-``[rank * B / W, (rank + 1) * B / W)``.
+``[rank * B / W, (rank + 1) * B / W)``. Each batch also carries the target
+count of all ``B`` lanes, which every rank knows without communicating.
+
+Distributed evaluation with ``B`` not a multiple of ``W``: the lanes are
+rounded up to the next multiple of ``W``; lanes ``B ..`` are idle (padding
+rows from the start), and lanes ``0 .. B-1`` walk exactly what ``B`` lanes
+walk in one process, so every world size evaluates the same segments.
 
 Example::
 
@@ -73,7 +79,13 @@ class Batch:
     x: torch.Tensor  # [b, T] int64 inputs, 0 where padded
     y: torch.Tensor  # [b, T] int64 targets, IGNORE_INDEX where padded
     reset: torch.Tensor  # [b] bool: row starts a new piece; clear its memory first
-    n_targets: int  # number of y != IGNORE_INDEX
+    row_targets: tuple[int, ...]  # [b] number of y != IGNORE_INDEX per row, known without reading y
+    n_targets_global: int  # targets of this step over every rank's lanes
+
+    @property
+    def n_targets(self) -> int:
+        """Number of y != IGNORE_INDEX."""
+        return sum(self.row_targets)
 
     def split(self, n: int) -> list["Batch"]:
         """``n`` micro-batches for gradient accumulation; micro-batch ``i``
@@ -91,7 +103,8 @@ class Batch:
                 x=self.x[i * size : (i + 1) * size],
                 y=self.y[i * size : (i + 1) * size],
                 reset=self.reset[i * size : (i + 1) * size],
-                n_targets=int((self.y[i * size : (i + 1) * size] != IGNORE_INDEX).sum()),
+                row_targets=self.row_targets[i * size : (i + 1) * size],
+                n_targets_global=self.n_targets_global,
             )
             for i in range(n)
         ]
@@ -101,8 +114,15 @@ class Batch:
             x=self.x.to(device, non_blocking=non_blocking),
             y=self.y.to(device, non_blocking=non_blocking),
             reset=self.reset.to(device, non_blocking=non_blocking),
-            n_targets=self.n_targets,
+            row_targets=self.row_targets,
+            n_targets_global=self.n_targets_global,
         )
+
+    def pin_memory(self) -> "Batch":
+        """The batch in page-locked host memory, so that ``to(cuda,
+        non_blocking=True)`` copies it while the GPU computes."""
+        return Batch(self.x.pin_memory(), self.y.pin_memory(), self.reset.pin_memory(), self.row_targets,
+                     self.n_targets_global)
 
 
 @dataclass
@@ -125,7 +145,8 @@ class StreamBatcher:
     """Iterator of :class:`Batch` over ``documents`` (see the module docstring).
 
     ``batch_size`` is the global number of lanes ``B``; this process yields
-    ``B / world_size`` of them.
+    ``B / world_size`` of them (eval mode: ``ceil(B / world_size)``, see the
+    module docstring).
     """
 
     def __init__(
@@ -147,7 +168,7 @@ class StreamBatcher:
             raise ConfigError(f"memory.seq_len={seq_len} must be a positive integer")
         if world_size <= 0 or not 0 <= rank < world_size:
             raise ConfigError(f"rank {rank} is outside a world of {world_size} processes")
-        if batch_size % world_size != 0:
+        if mode == "train" and batch_size % world_size != 0:
             raise ConfigError(
                 f"trainer.batch_size={batch_size} must be divisible by the world size "
                 f"{world_size} (lanes are split evenly across processes)"
@@ -160,7 +181,9 @@ class StreamBatcher:
         self.shuffle = shuffle
         self.rank = rank
         self.world_size = world_size
-        local = batch_size // world_size
+        # All lanes with their idle padding (eval mode): a multiple of world_size.
+        self.n_lanes = -(-batch_size // world_size) * world_size
+        local = self.n_lanes // world_size
         self._rows = range(rank * local, (rank + 1) * local)  # global lanes of this process
 
         # Targets per document: L - 1, none for empty or one-token documents.
@@ -174,9 +197,9 @@ class StreamBatcher:
                 f"trainer.batch_size={batch_size} lanes; lower trainer.batch_size or add data"
             )
 
-        self._epoch = [0] * batch_size
-        self._piece = [0] * batch_size  # index among the lane's pieces of its epoch
-        self._offset = [0] * batch_size  # targets of the current piece already emitted
+        self._epoch = [0] * self.n_lanes
+        self._piece = [0] * self.n_lanes  # index among the lane's pieces of its epoch
+        self._offset = [0] * self.n_lanes  # targets of the current piece already emitted
         self._plans: dict[int, _Plan] = {}
         if mode == "eval":
             self._plans[0] = self._eval_plan()
@@ -214,6 +237,12 @@ class StreamBatcher:
         )
 
     def _eval_plan(self) -> _Plan:
+        plan = self._active_eval_plan()
+        idle = np.full(self.n_lanes - self.batch_size, plan.lane_ptr[-1])  # padding lanes own no piece
+        return _Plan(plan.doc, plan.start, plan.end, np.concatenate([plan.lane_ptr, idle]))
+
+    def _active_eval_plan(self) -> _Plan:
+        """The eval pieces of lanes ``0 .. B-1`` (``lane_ptr`` ``[B + 1]``)."""
         docs = np.flatnonzero(self._n_targets > 0)
         lengths = self._n_targets[docs]
         n_lanes = self.batch_size
@@ -292,7 +321,7 @@ class StreamBatcher:
             self._piece[lane] = 0
 
     def _done(self) -> bool:
-        return all(self._current(lane) is None for lane in range(self.batch_size))
+        return all(self._current(lane) is None for lane in range(self.n_lanes))
 
     def __iter__(self) -> Iterator[Batch]:
         return self
@@ -304,7 +333,12 @@ class StreamBatcher:
         x = np.zeros((rows, seq_len), dtype=np.int64)  # [b, T]
         y = np.full((rows, seq_len), IGNORE_INDEX, dtype=np.int64)  # [b, T]
         reset = np.zeros(rows, dtype=bool)  # [b]
-        n_targets = 0
+        row_targets = [0] * rows
+        n_targets_global = 0
+        for lane in range(self.n_lanes):
+            current = self._current(lane)
+            if current is not None:
+                n_targets_global += min(seq_len, current[2] - current[1])
         for row, lane in enumerate(self._rows):
             current = self._current(lane)
             if current is None:
@@ -315,14 +349,15 @@ class StreamBatcher:
             x[row, :n] = tokens[:-1]
             y[row, :n] = tokens[1:]
             reset[row] = self._offset[lane] == 0
-            n_targets += n
-        for lane in range(self.batch_size):  # all cursors advance, not only this rank's
+            row_targets[row] = n
+        for lane in range(self.n_lanes):  # all cursors advance, not only this rank's
             self._advance(lane)
         if self.mode == "train":
             oldest = min(self._epoch)
             for epoch in [e for e in self._plans if e < oldest]:
                 del self._plans[epoch]
-        return Batch(torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(reset), n_targets)
+        return Batch(torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(reset), tuple(row_targets),
+                     n_targets_global)
 
     # ------------------------------------------------------------ checkpoint
     def state_dict(self) -> dict[str, Any]:

@@ -6,9 +6,19 @@ biases u and v)::
     (q_i + u) . k_j   +   (q_i + v) . W_r R_{dist(i, j)}
       content (AC)          position (BD)
 
-The content term runs through ``scaled_dot_product_attention``; the position
-term, the causal mask and the memory validity mask enter it as one additive
-bias, so the fused kernels do the heavy lifting.
+Two kernels, chosen by the form of the mask (see
+:class:`~ct_core.model.execution.Execution`):
+
+- SDPA (the default, and always on CPU): the content term runs through
+  ``scaled_dot_product_attention``; the position term, the causal mask and
+  the memory validity mask enter it as one additive bias ``[B, H, T, K]``.
+- FlexAttention (``flex``, CUDA by default): the unshifted position scores
+  ``[B, H, T, K]`` are read by a ``score_mod`` at the shifted index, and a
+  block mask (causality, empty memory slots) lets the kernel skip whole
+  blocks of keys. No shifted copy, bias or mask of full size is built.
+
+Either way the position scores are built in the compute dtype (bf16 under
+autocast), never in fp32 at full size.
 
 The same :meth:`RelativeMultiHeadAttention.forward` serves a whole training
 segment (``q_start = 0``) and cached incremental decoding (``q_start`` =
@@ -18,13 +28,26 @@ tokens of the segment already in the cache): the queries are always the last
 
 from __future__ import annotations
 
+import functools
 import math
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ct_core.model.relative_position import rel_shift
+
+if TYPE_CHECKING:  # imported where used: the module costs half a second to import
+    from torch.nn.attention.flex_attention import BlockMask
+
+
+def compute_dtype(x: Tensor) -> torch.dtype:
+    """The dtype matmuls on ``x`` run in: autocast's where it is on, else ``x``'s."""
+    kind = x.device.type
+    if torch.is_autocast_enabled(kind):
+        return torch.get_autocast_dtype(kind)
+    return x.dtype
 
 
 def attention_mask(key_valid: Tensor, n_queries: int, dtype: torch.dtype) -> Tensor:
@@ -40,6 +63,34 @@ def attention_mask(key_valid: Tensor, n_queries: int, dtype: torch.dtype) -> Ten
     allowed = causal[None, :, :] & key_valid[:, None, :]  # [B, T, K]
     zero = torch.zeros((), dtype=dtype, device=device)
     return torch.where(allowed, zero, float("-inf"))[:, None, :, :]
+
+
+def flex_block_mask(key_valid: Tensor, n_queries: int) -> BlockMask:
+    """The block mask of :func:`attention_mask` for FlexAttention: query
+    ``i`` (key index ``K - T + i``) sees filled keys up to itself."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    batch, n_keys = key_valid.shape
+    offset = n_keys - n_queries
+
+    def mask_mod(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
+        return (kv_idx <= q_idx + offset) & key_valid[b, kv_idx]
+
+    return create_block_mask(mask_mod, batch, None, n_queries, n_keys, device=key_valid.device)
+
+
+@functools.cache
+def _compiled(fn):
+    return torch.compile(fn, dynamic=False)
+
+
+def _flex_attention():
+    """FlexAttention as it runs fused: plain inside a compiled region (the
+    compiler fuses it there), else compiled on its own (eagerly it would
+    materialise every score)."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return flex_attention if torch.compiler.is_compiling() else _compiled(flex_attention)
 
 
 class RelativeMultiHeadAttention(nn.Module):
@@ -77,27 +128,36 @@ class RelativeMultiHeadAttention(nn.Module):
         x: Tensor,
         k: Tensor,
         v: Tensor,
-        mask: Tensor,
+        mask: Tensor | BlockMask,
         r: Tensor,
         want_usage: bool = False,
     ) -> tuple[Tensor, Tensor | None]:
         """Attend the last ``T`` key positions' queries over all ``K`` keys.
 
         x: ``[B, T, D]`` normalised query inputs; k, v: ``[B, H, K, d]`` with
-        the queries' own keys last; mask: ``[B, 1, T, K]`` additive, from
-        :func:`attention_mask` (shared by all layers); r: ``[K, H, d]``
+        the queries' own keys last, in the compute dtype; mask: ``[B, 1, T,
+        K]`` additive, from :func:`attention_mask` (shared by all layers), or
+        a :func:`flex_block_mask` to run FlexAttention; r: ``[K, H, d]``
         projected encodings of distances
         ``K-1 .. 0``. Returns the output ``[B, T, D]`` and, if
         ``want_usage``, the attention mass per key summed over heads and
         queries ``[B, K]`` (for ``most_used`` compression).
         """
         b, t, _ = x.shape
+        dtype = k.dtype  # the compute dtype: bf16 under autocast, else the parameters'
         q = self._heads(self.w_q(x))  # [B, H, T, d]
-        bd = torch.einsum("bhtd,khd->bhtk", q + self.v[:, None, :], r)  # [B, H, T, K]
+        # u and v are fp32 parameters: cast the sums, so that no [B, H, T, K]
+        # term below is promoted to fp32 under autocast.
+        qu = (q + self.u[:, None, :]).to(dtype)
+        bd = torch.einsum("bhtd,khd->bhtk", (q + self.v[:, None, :]).to(dtype), r.to(dtype))  # [B, H, T, K]
+        if not isinstance(mask, Tensor):  # a BlockMask
+            if want_usage:
+                raise ValueError("FlexAttention does not report the attention usage; pass an additive mask")
+            out = self._flex(qu, k, v, bd, mask)
+            return self.w_o(out.transpose(1, 2).reshape(b, t, -1)), None
         if t > 1:  # a lone query needs no shift: its distances already descend
             bd = rel_shift(bd)
         bias = bd * self.scale + mask  # [B, H, T, K]
-        qu = q + self.u[:, None, :]
         usage = None
         # Decoding steps (a few queries) run faster as plain matmuls than
         # through the fused kernel, whose per-call set-up dominates there.
@@ -114,11 +174,25 @@ class RelativeMultiHeadAttention(nn.Module):
                 qu,
                 k,
                 v,
-                attn_mask=bias.to(qu.dtype),
+                attn_mask=bias,
                 dropout_p=self.attn_dropout if self.training else 0.0,
             )  # [B, H, T, d]
         out = out.transpose(1, 2).reshape(b, t, -1)
         return self.w_o(out), usage
+
+    def _flex(self, qu: Tensor, k: Tensor, v: Tensor, bd: Tensor, block_mask: BlockMask) -> Tensor:
+        """FlexAttention with the position term read from the unshifted
+        scores ``bd`` ``[B, H, T, K]``: the score of query ``i`` and key ``j``
+        gets ``bd[i, j + T - 1 - i]`` (what :func:`rel_shift` would move to
+        ``[i, j]``; indices past ``K`` belong to future keys, which the block
+        mask hides, and are clamped). Returns ``[B, H, T, d]``."""
+        t, n_keys = bd.shape[-2], bd.shape[-1]
+        shift, scale = t - 1, self.scale
+
+        def score_mod(score: Tensor, b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
+            return score + bd[b, h, q_idx, torch.clamp(kv_idx + shift - q_idx, max=n_keys - 1)] * scale
+
+        return _flex_attention()(qu, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale)
 
     def frozen_query(self, x: Tensor) -> Tensor:
         """Queries ``[B, H, T, d]`` of normalised ``x`` ``[B, T, D]`` through a

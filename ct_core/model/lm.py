@@ -23,11 +23,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ct_core.model.attention import attention_mask
+from ct_core.model.attention import attention_mask, compute_dtype, flex_block_mask
 from ct_core.model.block import Block
 from ct_core.model.compression import build_compressor
 from ct_core.model.compression_loss import AutoencodingDecoder, attention_reconstruction_loss, autoencoding_loss
 from ct_core.model.config import ModelConfig
+from ct_core.model.execution import Execution, block_callables
 from ct_core.model.memory import MemoryState
 from ct_core.model.relative_position import sinusoid_positions
 
@@ -71,6 +72,13 @@ class CompressiveTransformerLM(nn.Module):
             self.compressors.requires_grad_(False)
         if cfg.tie_embeddings:
             self.head.weight = self.embed.weight
+        self.set_execution(Execution())
+
+    def set_execution(self, execution: Execution) -> None:
+        """Run the blocks as ``execution`` says (compiled, checkpointed,
+        FlexAttention); see :mod:`ct_core.model.execution`."""
+        self.execution = execution
+        self._block_fns = block_callables(self.blocks, execution)
 
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, (nn.Linear, nn.Embedding)):
@@ -101,16 +109,19 @@ class CompressiveTransformerLM(nn.Module):
         mem_len: int | None = None,
         cmem_len: int | None = None,
         device: torch.device | str | None = None,
-        dtype: torch.dtype = torch.float32,
+        dtype: torch.dtype | None = None,
     ) -> MemoryState:
         """Empty memories; ``mem_len``/``cmem_len`` override the config (e.g.
-        longer memories at evaluation, as in the paper)."""
+        longer memories at evaluation, as in the paper). Memories hold layer
+        inputs, which stay in the parameters' dtype (also under autocast), so
+        that is their default ``dtype``."""
         cfg = self.cfg
         mem_len = cfg.mem_len if mem_len is None else mem_len
         cmem_len = cfg.cmem_len if cmem_len is None else cmem_len
         if cmem_len > 0 and not cfg.compresses:
             raise ValueError("cmem_len > 0 needs a model trained with compression (model.cmem_len > 0)")
         device = device if device is not None else self.embed.weight.device
+        dtype = dtype if dtype is not None else self.embed.weight.dtype
         # bptt starts with an empty pending block, so that the compressor
         # takes part in every training forward (the same graph on every step).
         pending_len = cfg.seq_len if cmem_len > 0 and cfg.compression_loss == "bptt" else 0
@@ -218,12 +229,20 @@ class CompressiveTransformerLM(nn.Module):
         key_valid = torch.cat(
             [memory.cmem_mask, memory.mem_mask, torch.ones(b, t, dtype=torch.bool, device=tokens.device)], dim=1
         )  # [B, K]
-        mask = attention_mask(key_valid, t, h.dtype)  # [B, 1, T, K], shared by every layer
+        # One mask for every layer. FlexAttention cannot report the usage
+        # most_used needs, nor drop attention weights out.
+        flex = (self.execution.attention == "flex" and not want_usage
+                and not (self.training and self.cfg.attn_dropout > 0))
+        if flex:
+            mask = flex_block_mask(key_valid, t)
+        else:
+            mask = attention_mask(key_valid, t, compute_dtype(h))  # [B, 1, T, K]
         hidden, usage = [], []
         for layer, block in enumerate(self.blocks):
             hidden.append(h)
             r = block.attn.project_positions(pos)
-            h, u = block(h, (memory.cmem[layer], memory.mem[layer]), mask, r, want_usage=want_usage)
+            slots = (memory.cmem[layer], memory.mem[layer])
+            h, u = self._block_fns[layer](h, slots, mask, r, want_usage)
             usage.append(u)
         logits = self.head(self.norm_out(h))  # [B, T, V]
         next_memory, aux = self.update_memory(memory, torch.stack(hidden), usage if want_usage else None)

@@ -161,7 +161,11 @@ class MemoryState:
             [self.mem_mask, torch.ones(b, t, dtype=torch.bool, device=hidden.device)], dim=1
         )  # [B, M + T]
         m = self.mem_len
-        mem, mem_mask = full[:, :, full.shape[2] - m :], full_mask[:, full_mask.shape[1] - m :]
+        # Contiguous copies: a view would keep the whole [L, B, M + T, D]
+        # buffer alive, and its strides would differ from those of a memory
+        # loaded from a checkpoint (a compiled block would recompile).
+        mem = full[:, :, full.shape[2] - m :].contiguous()
+        mem_mask = full_mask[:, full_mask.shape[1] - m :].contiguous()
         old, old_mask = full[:, :, :t], full_mask[:, :t]
         n_pad = (-t) % compression_rate
         if n_pad:
@@ -196,7 +200,19 @@ class MemoryState:
             return self.cmem, self.cmem_mask
         cmem = torch.cat([self.cmem, new_cmem.to(self.cmem.dtype)], dim=2)
         cmem_mask = torch.cat([self.cmem_mask, new_cmem_mask], dim=1)
-        return cmem[:, :, cmem.shape[2] - c :], cmem_mask[:, cmem_mask.shape[1] - c :]
+        # Contiguous, as in evict: no view of the longer buffer outlives the update.
+        return cmem[:, :, cmem.shape[2] - c :].contiguous(), cmem_mask[:, cmem_mask.shape[1] - c :].contiguous()
+
+    def where(self, condition: Tensor, other: "MemoryState") -> "MemoryState":
+        """``other`` where the 0-dim bool ``condition`` holds, else this
+        state, tensor by tensor: a choice made on the device, without
+        reading ``condition`` on the host."""
+
+        def pick(a: Tensor | None, b: Tensor | None) -> Tensor | None:
+            return None if a is None else torch.where(condition, b, a)
+
+        return MemoryState(*(pick(getattr(self, f), getattr(other, f)) for f in
+                             ("mem", "mem_mask", "cmem", "cmem_mask", "pending", "pending_mask")))
 
     def state_dict(self) -> dict[str, Tensor]:
         state = {"mem": self.mem, "mem_mask": self.mem_mask, "cmem": self.cmem, "cmem_mask": self.cmem_mask}

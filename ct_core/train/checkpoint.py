@@ -145,17 +145,20 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
         torch.save(payload, tmp)
 
 
-def load_checkpoint(path: Path, map_location: Any = "cpu", for_resume: bool = False) -> dict[str, Any]:
+def load_checkpoint(path: Path, map_location: Any = "cpu", for_resume: bool = False,
+                    mmap: bool = False) -> dict[str, Any]:
     """Load a checkpoint with ``weights_only=True``; a missing, unreadable or
     incomplete file is a one-line :class:`CheckpointError` naming it.
-    ``for_resume`` also requires the training state (:data:`TRAINING_KEYS`)."""
+    ``for_resume`` also requires the training state (:data:`TRAINING_KEYS`).
+    ``mmap``: tensors are mapped from the file and read when used (every
+    rank of a resumed run maps the file; each reads its own memories only)."""
     path = Path(path)
     if path.is_dir():
         raise CheckpointError(f"{path}: is a directory; pass a checkpoint file such as {path / LAST}")
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint; pass a .pt file from <run>/checkpoints/")
     try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
+        payload = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as err:  # torch raises several types for damaged files
         reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
         raise CheckpointError(f"{path}: not a readable checkpoint ({reason}); it may be damaged or not a checkpoint") from None

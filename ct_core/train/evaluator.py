@@ -44,14 +44,17 @@ def evaluate(
     max_batches: int | None = None,
     ctx: DistContext | None = None,
 ) -> EvalResult:
-    """Summed NLL over a split; ``mem_len``/``cmem_len`` may differ from training."""
+    """Summed NLL over a split; ``mem_len``/``cmem_len`` may differ from
+    training. Any world size works with any ``batch_size``: lanes are padded
+    to a multiple of it with idle ones, so the result equals one process's."""
     ctx = ctx or DistContext()
     was_training = model.training
     model.eval()
     batcher = StreamBatcher(documents, batch_size=batch_size, seq_len=model.cfg.seq_len, mode="eval",
                             seed=0, shuffle=False, rank=ctx.rank, world_size=ctx.world_size)
-    memory = model.empty_memory(batch_size // ctx.world_size, mem_len, cmem_len, device=device)
-    nll_sum, n_tokens, complete = 0.0, 0, True
+    memory = model.empty_memory(batcher.n_lanes // ctx.world_size, mem_len, cmem_len, device=device)
+    nll_sum = torch.zeros((), dtype=torch.float64, device=device)  # summed on the device: one sync at the end
+    n_tokens, complete = 0, True
     try:
         for i, batch in enumerate(batcher):
             if max_batches is not None and i >= max_batches:
@@ -62,11 +65,11 @@ def evaluate(
                 out = model(batch.x, memory, batch.reset)
             memory = out.memory
             nll_sum += F.cross_entropy(out.logits.float().flatten(0, 1), batch.y.flatten(),
-                                       ignore_index=IGNORE_INDEX, reduction="sum").item()
+                                       ignore_index=IGNORE_INDEX, reduction="sum")
             n_tokens += batch.n_targets
     finally:
         model.train(was_training)
-    nll_sum, n_tokens = all_reduce_sum(ctx, [nll_sum, float(n_tokens)], device)
+    nll_sum, n_tokens = all_reduce_sum(ctx, [nll_sum.item(), float(n_tokens)], device)
     return EvalResult(nll_sum=nll_sum, n_tokens=int(n_tokens), complete=complete)
 
 

@@ -79,6 +79,7 @@ class MetricLogger:
         self._bar: tqdm | None = None
         self._first: tuple[int, float] | None = None  # (step, time) of the first progress call
         self._tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self._loss = math.nan  # the last loss shown
         if not enabled or run_dir is None:
             return
         run_dir = Path(run_dir)
@@ -114,11 +115,15 @@ class MetricLogger:
         for tag, image in media.images.items():
             self.writer.add_image(tag, image, step, dataformats="HWC")
 
-    def progress(self, step: int, loss: float, tokens_per_s: float | None) -> None:
+    def progress(self, step: int, loss: float | None, tokens_per_s: float | None) -> None:
         """Show training progress after optimizer step ``step`` (1-based);
-        ``tokens_per_s`` may be ``None`` before the first measurement."""
+        ``loss`` and ``tokens_per_s`` may be ``None`` between measurements
+        (the last ones stay shown: reading a loss from the GPU every step
+        would wait for it)."""
         if not self.enabled:
             return
+        self._loss = self._loss if loss is None else loss
+        loss = self._loss
         speed = "" if tokens_per_s is None else f" | {tokens_per_s:,.0f} tok/s"
         now = time.monotonic()
         if self._first is None:

@@ -24,7 +24,11 @@ from torch import nn
 from ct_core.train.run_config import OptimConfig
 
 
-def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
+def build_optimizer(model: nn.Module, cfg: OptimConfig, fused: bool = False) -> torch.optim.Optimizer:
+    """Adam(W) over the trainable parameters. ``fused`` (for CUDA): one
+    kernel for the whole update, which can also skip the update on the
+    device (``optimizer.found_inf``); otherwise per-parameter updates
+    (``foreach=False``), which keep CPU training bit-reproducible across resume."""
     decay, no_decay = [], []
     seen: set[int] = set()
     for name, p in model.named_parameters():
@@ -36,7 +40,8 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer
         (decay if is_matrix else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     cls = torch.optim.AdamW if cfg.name == "adamw" else torch.optim.Adam
-    # foreach=False keeps CPU updates bit-reproducible across resume.
+    if fused:
+        return cls(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, fused=True)
     return cls(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, foreach=False)
 
 

@@ -24,6 +24,7 @@ from ct_core.options import build_options, section_key
 
 OPTIMIZERS = ("adam", "adamw")
 PRECISIONS = ("auto", "fp32", "bf16")
+ATTENTION_BACKENDS = ("auto", "sdpa", "flex")
 SECTIONS = ("model", "memory", "compression", "data", "optim", "trainer", "eval", "experiment_name", "resume")
 
 
@@ -87,7 +88,10 @@ class TrainerConfig:
     update_every_after: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
-    compile: bool = False
+    compile: bool = False  # torch.compile every block (the memory update stays eager)
+    compile_backend: str = "inductor"  # torch.compile backend; aot_eager compiles fast (tests)
+    attention_backend: str = "auto"  # auto: flex on CUDA, sdpa on CPU
+    activation_checkpointing: bool = False  # recompute each block's activations in the backward pass
     seed: int = 0
     deterministic: bool = False
     shuffle: bool = True
@@ -115,6 +119,12 @@ class TrainerConfig:
             )
         if self.precision not in PRECISIONS:
             raise ConfigError(f"{key('precision')}={self.precision!r} is unknown; allowed: {', '.join(PRECISIONS)}")
+        if self.attention_backend not in ATTENTION_BACKENDS:
+            raise ConfigError(f"{key('attention_backend')}={self.attention_backend!r} is unknown; allowed: "
+                              f"{', '.join(ATTENTION_BACKENDS)}")
+        if not self.compile_backend:
+            raise ConfigError(f"{key('compile_backend')}={self.compile_backend!r} must name a torch.compile "
+                              "backend, e.g. inductor or aot_eager")
 
 
 @dataclass

@@ -51,6 +51,14 @@ def resolve_device(name: str, ctx: DistContext | None = None, option: str = "tra
     return device
 
 
+def attention_backend(name: str, device: torch.device) -> str:
+    """``sdpa`` or ``flex`` for ``trainer.attention_backend`` (``auto``:
+    FlexAttention on CUDA, SDPA on CPU, whose numbers the tests pin down)."""
+    if name == "auto":
+        return "flex" if device.type == "cuda" else "sdpa"
+    return name
+
+
 def autocast_context(device: torch.device, precision: str):
     """bf16 autocast on CUDA only; CPU runs stay fp32 (bf16 matmuls are slow there)."""
     if device.type == "cuda" and precision in ("auto", "bf16"):

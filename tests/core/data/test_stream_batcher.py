@@ -241,6 +241,23 @@ def test_ranks_together_equal_one_process(mode: str, world_size: int) -> None:
         assert torch.equal(torch.cat([r[step].y for r in ranks]), batch.y)
         assert torch.equal(torch.cat([r[step].reset for r in ranks]), batch.reset)
         assert sum(r[step].n_targets for r in ranks) == batch.n_targets
+        assert all(r[step].n_targets_global == batch.n_targets == batch.n_targets_global for r in ranks)
+
+
+@pytest.mark.parametrize("n_docs", [8, 2])
+@pytest.mark.parametrize("batch_size,world_size", [(3, 2), (4, 3), (2, 4)])
+def test_eval_lanes_padded_to_the_world_size_walk_one_process_lanes(n_docs, batch_size, world_size) -> None:
+    docs = make_docs([70, 3, 150, 41, 99, 18, 5, 60][:n_docs])
+    single = list(StreamBatcher(docs, batch_size, 8, "eval"))
+    ranks = [list(StreamBatcher(docs, batch_size, 8, "eval", rank=r, world_size=world_size))
+             for r in range(world_size)]
+    assert all(len(r) == len(single) for r in ranks)
+    for step, batch in enumerate(single):
+        y = torch.cat([r[step].y for r in ranks])  # [ceil(B / W) * W, T]
+        assert torch.equal(y[:batch_size], batch.y)
+        assert torch.equal(torch.cat([r[step].x for r in ranks])[:batch_size], batch.x)
+        assert (y[batch_size:] == IGNORE_INDEX).all()  # the padding lanes stay idle
+        assert not torch.cat([r[step].reset for r in ranks])[batch_size:].any()
 
 
 def test_state_of_one_rank_resumes_any_world_size() -> None:

@@ -93,3 +93,26 @@ def test_top_k_and_top_p_restrict_the_support():
     assert set(p.tolist()) == {1, 2}
     assert set(sample_next(logits, top_p=0.01, generator=g).tolist()) == {1}
     assert set(sample_next(logits, temperature=0.0).tolist()) == {1}
+
+
+@pytest.mark.parametrize("compression,loss", CASES)
+def test_fixed_shape_steps_equal_training_forward(compression, loss):
+    """The step CUDA replays from a graph (one token, the slot as a tensor,
+    attention over the whole cache), run eagerly here."""
+    model = make(compression, loss)
+    torch.manual_seed(1)
+    tokens = torch.randint(0, 30, (2, 8 * 5))
+    want = training_logits(model, tokens)
+    dec = IncrementalDecoder(model, 2, fixed_shape=True)
+    got = torch.cat([dec.feed(tokens[:, :3])] + [dec.feed(tokens[:, i : i + 1]) for i in range(3, 40)], dim=1)
+    assert dec.memory.cmem_mask.all(), "compression must be active"
+    assert torch.allclose(got, want, atol=1e-5)
+
+
+def test_sampling_draws_what_torch_multinomial_draws():
+    """sample_next avoids torch.multinomial's per-call host sync on CUDA but
+    draws the same tokens from the same generator."""
+    logits = torch.randn(64, 30, generator=torch.Generator().manual_seed(0))
+    got = sample_next(logits, generator=torch.Generator().manual_seed(5))
+    want = torch.multinomial(logits.softmax(-1), 1, generator=torch.Generator().manual_seed(5)).squeeze(-1)
+    assert torch.equal(got, want)

@@ -42,13 +42,16 @@ def test_the_recipes_offer_every_compression_of_the_paper():
 
 
 @pytest.mark.parametrize("overrides", CASES)
-def test_choice_trains_over_several_steps(tmp_path, overrides):
+def test_choice_trains_over_several_steps(tmp_path, overrides, capsys):
     raw = compose_recipe(["experiment=smoke/synthetic", *overrides, f"trainer.steps={STEPS}",
                           "trainer.log_every=1", "trainer.eval_every=100", "trainer.save_every=100",
                           "trainer.final_eval=false", "trainer.eval_max_batches=1", "trainer.sample_tokens=0",
                           "trainer.eval_sample_tokens=0"], "test")
     cfg, frontend = build_run(raw)
     trainer = Trainer(cfg, frontend, tmp_path)
+    frozen_note = "compressor weights frozen: compression_loss=none trains nothing of f_c"
+    frozen = cfg.model.compression_loss == "none" and COMPRESSORS[cfg.model.compression].has_parameters
+    assert (frozen_note in capsys.readouterr().err) == frozen
     model = trainer.model
     assert len(model.compressors) == cfg.model.n_layers
     before = {n: p.detach().clone() for n, p in model.named_parameters()}

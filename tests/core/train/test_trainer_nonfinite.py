@@ -9,6 +9,7 @@ import torch
 from ct_core.train.checkpoint import load_checkpoint
 from ct_core.cli.common import compose_recipe
 from ct_core.cli.run_setup import build_run
+from ct_core.train.optim import build_optimizer, build_scheduler
 from ct_core.train.trainer import NonFiniteLossError, Trainer
 
 
@@ -55,3 +56,51 @@ def test_too_many_nans_stop_with_a_clear_message_and_keep_the_checkpoint(tmp_pat
     payload = load_checkpoint(tmp_path / "checkpoints" / "last.pt", for_resume=True)
     assert payload["step"] == 10
     assert all(torch.isfinite(v).all() for v in payload["model"].values())
+
+
+def skipping_on_device(trainer):
+    """The CUDA path on CPU: a fused optimizer that skips updates on the device."""
+    trainer.skip_on_device = True
+    trainer.optimizer = build_optimizer(trainer.model, trainer.cfg.optim, fused=True)
+    trainer.scheduler = build_scheduler(trainer.optimizer, trainer.cfg.optim, trainer.cfg.trainer.steps)
+    return trainer
+
+
+def test_updates_skipped_on_the_device_leave_weights_state_and_memories(tmp_path):
+    trainer = skipping_on_device(make_trainer(tmp_path, "trainer.max_nonfinite=5", "trainer.log_every=4"))
+    poison_after(trainer, good_steps=2, stop_after=4)
+    for _ in range(2):
+        trainer.train_step()
+    weights = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    moments = [s["exp_avg"].clone() for s in trainer.optimizer.state.values()]
+    memories = [m.mem.clone() for m in trainer.memories]
+    for _ in range(2):  # poisoned: skipped on the device, no host read
+        trainer.train_step()
+    assert all(torch.equal(weights[n], p) for n, p in trainer.model.named_parameters())
+    assert all(torch.equal(a, s["exp_avg"]) for a, s in zip(moments, trainer.optimizer.state.values()))
+    assert all(torch.equal(a, m.mem) for a, m in zip(memories, trainer.memories))
+    trainer.fit()  # the skips are reported at the next logging step (step 8)
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+    records = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["nonfinite_skipped"]) for r in records if "nonfinite_skipped" in r] == [(8, 2)]
+
+
+def test_too_many_skipped_on_the_device_stop_at_the_next_logging_step(tmp_path):
+    trainer = skipping_on_device(make_trainer(tmp_path, "trainer.max_nonfinite=3", "trainer.log_every=4"))
+    poison_after(trainer, good_steps=12)
+    with pytest.raises(NonFiniteLossError, match="non-finite for 4 steps in a row at step 17"):
+        trainer.fit()
+
+
+def test_a_step_skipping_on_the_device_never_waits_for_it(tmp_path, monkeypatch):
+    trainer = skipping_on_device(make_trainer(tmp_path, "compression=conv_bptt"))
+    trainer.train_step()
+
+    def host_read(*args, **kwargs):
+        raise AssertionError("the step read a tensor on the host")
+
+    for name in ("item", "tolist", "__bool__", "__float__", "__int__", "__index__", "__format__"):
+        monkeypatch.setattr(torch.Tensor, name, host_read)
+    stats = trainer.train_step()
+    monkeypatch.undo()
+    assert trainer.step == 2 and torch.isfinite(stats["loss"])
