@@ -1,0 +1,74 @@
+"""What the reliability tests share: a small trained checkpoint, the
+one-line-error assertion, and a way to make a folder unwritable that also
+holds when the tests run as root."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import run_cli
+
+#: A few seconds of training: enough for a checkpoint every command can read.
+SMOKE = ["experiment=smoke/synthetic", "trainer.steps=12", "trainer.save_every=6", "trainer.eval_every=6",
+         "trainer.log_every=3", "trainer.sample_tokens=0", "trainer.eval_sample_tokens=0"]
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory) -> Path:
+    """A finished 12-step smoke run (its directory); tests must not modify it."""
+    run_dir = tmp_path_factory.mktemp("reliability_smoke") / "run"
+    run_cli("ct-train", *SMOKE, f"hydra.run.dir={run_dir}", cwd=run_dir.parent)
+    return run_dir
+
+
+@pytest.fixture
+def checkpoint(smoke_run, tmp_path) -> Path:
+    """A private copy of the smoke run's checkpoint, inside its own run layout."""
+    path = tmp_path / "run" / "checkpoints" / "last.pt"
+    path.parent.mkdir(parents=True)
+    shutil.copyfile(smoke_run / "checkpoints" / "last.pt", path)
+    return path
+
+
+def assert_one_line_error(proc, *needles: str, code: int = 2) -> str:
+    """``proc`` failed with exit ``code`` and one line on stderr holding every needle."""
+    err = proc.stderr.strip()
+    assert proc.returncode == code, f"exit {proc.returncode}\n{proc.stdout}\n{err}"
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    for needle in needles:
+        assert needle in err, err
+    return err
+
+
+def unprivileged() -> list[str]:
+    """A command prefix under which file permissions apply. Root ignores them,
+    so as root the command runs without the capability that overrides them."""
+    if os.geteuid() != 0:
+        return []
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("running as root without setpriv: cannot make a folder unwritable")
+    return [setpriv, "--bounding-set=-dac_override,-dac_read_search", "--"]
+
+
+def read_only(folder: Path) -> Path:
+    """``folder`` (created) with write permission removed; pair with :func:`unprivileged`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    folder.chmod(stat.S_IRUSR | stat.S_IXUSR | stat.S_IRGRP | stat.S_IXGRP | stat.S_IROTH | stat.S_IXOTH)
+    return folder
+
+
+def run_unprivileged(name: str, *args: str, **kwargs):
+    """:func:`tests.conftest.run_cli` under :func:`unprivileged`."""
+    from tests.conftest import script
+    import subprocess
+
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    cmd = unprivileged() + script(name) + list(args)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=kwargs.get("timeout", 600),
+                          cwd=kwargs.get("cwd"), env=env)
