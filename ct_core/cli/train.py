@@ -18,8 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from ct_core.cli.common import compose_recipe, recipes_dir, user_errors
+from ct_core.cli.run_dir import RUN_DIR_KEY, claim_run_dir, given_run_dir, planned_run_dir
 
 PROG = "ct-train"
+#: Flags the pre-run checks understand; any other flag (--cfg, -m, --help)
+#: goes to Hydra unchecked.
+CONFIG_DIR_FLAGS = ("--config-dir", "-cd")
 
 
 def train_from_config(raw: dict[str, Any], run_dir: Path) -> dict[str, float]:
@@ -35,6 +39,7 @@ def train_from_config(raw: dict[str, Any], run_dir: Path) -> dict[str, float]:
     ctx = init_distributed(device_kind(str((raw.get("trainer") or {}).get("device", "auto"))))
     try:
         cfg, frontend = build_run(raw)
+        claim_run_dir(run_dir, cfg.resume, cfg.trainer.overwrite)
         # Rank 0 prepares (and caches) the data; the others then find it ready.
         if ctx.is_main:
             frontend.prepare(progress=True)
@@ -44,6 +49,7 @@ def train_from_config(raw: dict[str, Any], run_dir: Path) -> dict[str, float]:
             path = trainer.checkpoints.latest() if cfg.resume == "auto" else Path(cfg.resume)
             if path is None:
                 trainer.logger.message(f"resume=auto: no checkpoint in {trainer.checkpoints.dir} yet, starting fresh")
+                trainer.logger.truncate_after(0)  # rows of a run killed before its first checkpoint
             else:
                 saved = load_checkpoint(path, for_resume=True)["config"]
                 check_compatible(path, saved, cfg.raw)
@@ -91,13 +97,48 @@ def _hydra_entry() -> None:
     run()
 
 
+def split_command_line(argv: list[str]) -> tuple[list[str], str | None, bool]:
+    """``(overrides, --config-dir, other flags present)``."""
+    overrides, config_dir, other = [], None, False
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        name, eq, value = arg.partition("=")
+        if name in CONFIG_DIR_FLAGS:
+            config_dir = value if eq else (argv[i + 1] if i + 1 < len(argv) else None)
+            i += 1 if eq else 2
+            continue
+        if arg.startswith("-"):
+            other = True
+        else:
+            overrides.append(arg)
+        i += 1
+    return overrides, config_dir, other
+
+
+def check_before_hydra(overrides: list[str], config_dir: str | None) -> Path:
+    """Everything that can fail before Hydra writes ``.hydra/`` into the run
+    directory: the recipe and every option, then the directory itself
+    (writable, not in use, not an earlier run unless resumed or
+    overwritten). Returns the run directory."""
+    from ct_core.cli.run_setup import build_run
+
+    # One line for a mistyped key, not Hydra's multi-line report.
+    raw = compose_recipe(overrides, PROG, config_dir)
+    cfg, _ = build_run(raw)
+    run_dir = planned_run_dir(overrides, config_dir)
+    claim_run_dir(run_dir, cfg.resume, cfg.trainer.overwrite)
+    return run_dir
+
+
 def main() -> None:
-    argv = sys.argv[1:]
-    if not any(a.startswith("-") for a in argv):
-        # Validate overrides first so that a mistyped key is one line, not
-        # Hydra's multi-line report.
+    overrides, config_dir, other_flags = split_command_line(sys.argv[1:])
+    if not other_flags:
         with user_errors(PROG):
-            compose_recipe(argv, PROG)
+            run_dir = check_before_hydra(overrides, config_dir)
+        if given_run_dir(overrides) is None:
+            # Hydra must use the directory that was checked, not a new time stamp.
+            sys.argv.append(f"{RUN_DIR_KEY}='{run_dir}'")
     _hydra_entry()
 
 

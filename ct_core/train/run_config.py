@@ -102,6 +102,9 @@ class TrainerConfig:
     eval_sample_tokens: int = 0  # tokens sampled for TensorBoard at each evaluation; 0 = none
     sample_batch: int = 2
     threads: int | None = None  # CPU threads for torch; None = torch's default
+    # Train in a run directory that holds an earlier run (deleting its
+    # checkpoints, metrics and events) instead of refusing to.
+    overwrite: bool = False
 
     def validate(self, key: Callable[[str], str] = section_key("trainer")) -> None:
         _check(self, key, ("steps", "batch_size", "grad_accum", "update_every", "log_every", "eval_every",

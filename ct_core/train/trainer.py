@@ -138,6 +138,7 @@ class Trainer:
         self.scheduler.load_state_dict(payload["scheduler"])
         self.batcher.load_state_dict(payload["batcher"])
         self.step, self.tokens_seen = int(payload["step"]), int(payload["tokens_seen"])
+        self.logger.truncate_after(self.step)  # the steps after the checkpoint are trained again
         ranks = payload.get("ranks") or [{"memory": payload["memory"], "rng": payload["rng"]}]
         mine = ranks[self.ctx.rank] if len(ranks) == self.ctx.world_size else None
         if mine is None:
