@@ -186,12 +186,7 @@ class TextFrontEnd(FrontEnd):
         ``sample_000.txt``, ``sample_001.txt``, ..."""
         tokens = np.asarray(tokens)
         tokens = tokens.reshape(1, -1) if tokens.ndim == 1 else tokens  # [B, T]
-        out = Path(out)
-        if tokens.shape[0] == 1 and out.suffix:
-            paths = [out]
-        else:
-            folder = out.with_suffix("")
-            paths = [folder / f"sample_{i:03d}.txt" for i in range(tokens.shape[0])]
+        paths = self.sample_paths(out, tokens.shape[0])
         tokenizer = self._require_tokenizer()
         for path, row in zip(paths, tokens):
             path.parent.mkdir(parents=True, exist_ok=True)

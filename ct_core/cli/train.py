@@ -13,12 +13,14 @@ command line in Hydra syntax::
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
 
 from ct_core.cli.common import compose_recipe, recipes_dir, user_errors
 from ct_core.cli.run_dir import RUN_DIR_KEY, claim_run_dir, given_run_dir, planned_run_dir
+from ct_core.train.stop_requests import TrainingStopped
 
 PROG = "ct-train"
 #: Flags the pre-run checks understand; any other flag (--cfg, -m, --help)
@@ -73,8 +75,8 @@ def _report(trainer, metrics: dict[str, float], run_dir: Path) -> None:
     lines = [f"checkpoint: {ckpt}"]
     n = trainer.cfg.trainer.sample_tokens
     if n > 0:
-        tokens = trainer.sample(n)  # [sample_batch, 1 + n]
-        paths = trainer.frontend.decode(tokens, run_dir / "samples" / f"step_{trainer.step:08d}", prompt_len=1)
+        tokens = trainer.sample(n)[:, 1:]  # [sample_batch, n]: the start token is not part of the sample
+        paths = trainer.frontend.decode(tokens, run_dir / "samples" / f"step_{trainer.step:08d}", prompt_len=0)
         lines += [f"sample: {p}" for p in paths]
     shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}
     lines.append(f"valid: {json.dumps(shown)}")
@@ -91,10 +93,21 @@ def _hydra_entry() -> None:
     @hydra.main(version_base="1.3", config_path=str(recipes_dir()), config_name="config")
     def run(cfg) -> None:
         raw = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+        run_dir = Path(HydraConfig.get().runtime.output_dir)
         with user_errors(PROG):
-            train_from_config(raw, Path(HydraConfig.get().runtime.output_dir))
+            try:
+                train_from_config(raw, run_dir)
+            except TrainingStopped as stopped:
+                print(f"{PROG}: {stopped}\ncontinue with: {continue_command(run_dir)}", file=sys.stderr, flush=True)
+                sys.exit(stopped.exit_code)
 
     run()
+
+
+def continue_command(run_dir: Path) -> str:
+    """This command line, made to resume in ``run_dir``."""
+    kept = [a for a in sys.argv[1:] if a.partition("=")[0].lstrip("+") not in ("resume", RUN_DIR_KEY)]
+    return shlex.join([PROG, *kept, f"{RUN_DIR_KEY}={run_dir}", "resume=auto"])
 
 
 def split_command_line(argv: list[str]) -> tuple[list[str], str | None, bool]:

@@ -42,6 +42,7 @@ from ct_core.model.lm import CompressiveTransformerLM
 from ct_core.train.optim import build_optimizer, build_scheduler
 from ct_core.train.run_config import RunConfig
 from ct_core.train.runtime import autocast_context, configure_torch, resolve_device, seed_everything
+from ct_core.train.stop_requests import StopRequests, TrainingStopped
 from ct_core.model.sampling import generate
 from ct_core.data.stream_batcher import IGNORE_INDEX, StreamBatcher
 
@@ -234,32 +235,38 @@ class Trainer:
             f"= {t.batch_size * self.cfg.model.seq_len:,} tokens per step | device {self.device}"
         )
         bad_in_row, window_tokens, window_start, rate = 0, 0.0, time.perf_counter(), 0.0
-        while self.step < t.steps:
-            stats = self.train_step()
-            if stats is None:
-                bad_in_row += 1
-                self.logger.log(self.step, {"nonfinite_skipped": bad_in_row}, split="train")
-                self.logger.message(f"step {self.step + 1}: non-finite loss, step skipped ({bad_in_row} in a row)")
-                if bad_in_row >= t.max_nonfinite:
-                    last = self.checkpoints.latest()
-                    raise NonFiniteLossError(
-                        f"loss was non-finite for {bad_in_row} steps in a row at step {self.step + 1}; "
-                        f"last good checkpoint: {last or 'none'}; lower optim.lr or check the data"
-                    )
-                continue
-            bad_in_row = 0
-            window_tokens += stats["tokens"]
-            if self.step % t.log_every == 0 or self.step == t.steps:
-                elapsed = time.perf_counter() - window_start
-                rate = window_tokens / max(elapsed, 1e-9)
-                stats["tokens_per_s"] = rate
-                self.logger.log(self.step, stats, split="train")
-                window_tokens, window_start = 0.0, time.perf_counter()
-            self.logger.progress(self.step, stats["loss"], rate)
-            if self.step % t.eval_every == 0 and self.step < t.steps:
-                self._evaluate_and_log(t.eval_max_batches)
-            if self.step % t.save_every == 0 and self.step < t.steps:
-                self.save()
+        # Ctrl-C or SIGTERM: finish the step, save, stop (see stop_requests).
+        with StopRequests() as stop:
+            while self.step < t.steps:
+                if stop.requested(self.ctx, self.device):
+                    self.save()
+                    self.logger.close()
+                    raise TrainingStopped(stop.signal_name, stop.signum, self.step, self.checkpoints.last_path)
+                stats = self.train_step()
+                if stats is None:
+                    bad_in_row += 1
+                    self.logger.log(self.step, {"nonfinite_skipped": bad_in_row}, split="train")
+                    self.logger.message(f"step {self.step + 1}: non-finite loss, step skipped ({bad_in_row} in a row)")
+                    if bad_in_row >= t.max_nonfinite:
+                        last = self.checkpoints.latest()
+                        raise NonFiniteLossError(
+                            f"loss was non-finite for {bad_in_row} steps in a row at step {self.step + 1}; "
+                            f"last good checkpoint: {last or 'none'}; lower optim.lr or check the data"
+                        )
+                    continue
+                bad_in_row = 0
+                window_tokens += stats["tokens"]
+                if self.step % t.log_every == 0 or self.step == t.steps:
+                    elapsed = time.perf_counter() - window_start
+                    rate = window_tokens / max(elapsed, 1e-9)
+                    stats["tokens_per_s"] = rate
+                    self.logger.log(self.step, stats, split="train")
+                    window_tokens, window_start = 0.0, time.perf_counter()
+                self.logger.progress(self.step, stats["loss"], rate)
+                if self.step % t.eval_every == 0 and self.step < t.steps:
+                    self._evaluate_and_log(t.eval_max_batches)
+                if self.step % t.save_every == 0 and self.step < t.steps:
+                    self.save()
         self.save()
         final = self._evaluate_and_log(None if t.final_eval else t.eval_max_batches)
         self.logger.close()
