@@ -34,6 +34,7 @@ from ct_audio.mulaw import mulaw_encode
 from ct_audio.splits import assign_splits, cap_files
 from ct_core.errors import DataError
 from ct_core.data.frontend import SPLITS
+from ct_core.data.split_check import check_splits
 from ct_core.data.token_store import TokenStore, TokenStoreWriter, content_hash
 
 log = logging.getLogger(__name__)
@@ -116,6 +117,9 @@ def prepare_store(plan: Plan, progress: bool = True) -> Path:
             first = skipped[0]
             raise DataError(f"{root}: none of its {len(skipped)} audio files is usable "
                             f"(e.g. {first['path']}: {first['reason']})")
+        planned = {split: [u.path.relative_to(root).as_posix() for u in plan.splits[split]] for split in SPLITS}
+        kept = {split: [(r["path"], r["samples"]) for r in sources if r["split"] == split] for split in SPLITS}
+        check_splits(f"data.root={root}", planned, kept, {s["path"]: s["reason"] for s in skipped})
         writer.finish(_manifest(plan, sources, skipped), splits=SPLITS)
     if skipped:
         log.warning("audio: skipped %d file(s); reasons in %s", len(skipped), plan.path / "manifest.json")

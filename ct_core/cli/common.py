@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import json
+import math
 import re
 import sys
 from pathlib import Path
@@ -91,3 +93,18 @@ def compose_recipe(overrides: Sequence[str], prog: str, config_dir: str | None =
         if missing:
             raise ConfigError(unknown_recipe(missing.group(1))) from None
         raise ConfigError(f"{line} (see `{prog} --cfg job` for the options)") from None
+
+
+def json_line(obj: Any) -> str:
+    """``obj`` as one line of strict JSON: a non-finite number (a diverged
+    model's perplexity) becomes null, as JSON has no NaN or infinity."""
+    def finite(value: Any) -> Any:
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {k: finite(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [finite(v) for v in value]
+        return value
+
+    return json.dumps(finite(obj), allow_nan=False)

@@ -17,7 +17,7 @@ import json
 import sys
 from pathlib import Path
 
-from ct_core.cli.common import user_errors
+from ct_core.cli.common import json_line, user_errors
 from ct_core.errors import ConfigError
 
 PROG = "ct-eval"
@@ -49,7 +49,7 @@ def run(checkpoint: Path, overrides: list[str]) -> dict:
 
     from ct_core.train.checkpoint import load_checkpoint
     from ct_core.train.evaluator import evaluate
-    from ct_core.cli.run_setup import build_run, load_model
+    from ct_core.cli.run_setup import build_run, load_model, require_split
     from ct_core.train.runtime import resolve_device
 
     payload = load_checkpoint(checkpoint)
@@ -58,7 +58,7 @@ def run(checkpoint: Path, overrides: list[str]) -> dict:
     device = resolve_device(cfg.trainer.device)
     model = load_model(checkpoint, payload, cfg, frontend).to(device)
     frontend.prepare(progress=sys.stderr.isatty())
-    docs = frontend.documents(split)
+    docs = require_split(frontend, split, "evaluate another split (split=valid), or ")
     with torch.no_grad():
         result = evaluate(model, docs, cfg.eval.batch_size, cfg.eval_mem_len, cfg.eval_cmem_len, device,
                           cfg.trainer.precision)
@@ -67,9 +67,14 @@ def run(checkpoint: Path, overrides: list[str]) -> dict:
               "mem_len": cfg.eval_mem_len, "cmem_len": cfg.eval_cmem_len, **metrics}
     for key, value in metrics.items():
         print(f"{key:>20}  {value:.6g}" if isinstance(value, float) else f"{key:>20}  {value}")
+    line = json_line(report)
+    print(line, flush=True)
     out = checkpoint.parent / f"eval_{split}.json"
-    out.write_text(json.dumps(report, indent=2))
-    print(json.dumps(report), flush=True)
+    try:
+        out.write_text(json.dumps(json.loads(line), indent=2))
+    except OSError as err:  # the result is printed; a read-only run folder must not lose it
+        print(f"{PROG}: warning: could not write {out} ({err.strerror}); the JSON line above is the result",
+              file=sys.stderr)
     return report
 
 

@@ -12,13 +12,12 @@ command line in Hydra syntax::
 
 from __future__ import annotations
 
-import json
 import shlex
 import sys
 from pathlib import Path
 from typing import Any
 
-from ct_core.cli.common import compose_recipe, recipes_dir, user_errors
+from ct_core.cli.common import compose_recipe, json_line, recipes_dir, user_errors
 from ct_core.cli.run_dir import RUN_DIR_KEY, claim_run_dir, given_run_dir, planned_run_dir
 from ct_core.train.stop_requests import TrainingStopped
 
@@ -33,7 +32,7 @@ def train_from_config(raw: dict[str, Any], run_dir: Path) -> dict[str, float]:
     from ct_core.train.checkpoint import load_checkpoint
     from ct_core.train.distributed import barrier, init_distributed, shutdown
     from ct_core.errors import CheckpointError
-    from ct_core.cli.run_setup import build_run, check_compatible
+    from ct_core.cli.run_setup import build_run, check_compatible, require_split
     from ct_core.train.trainer import Trainer
 
     from ct_core.train.runtime import device_kind
@@ -46,6 +45,8 @@ def train_from_config(raw: dict[str, Any], run_dir: Path) -> dict[str, float]:
         if ctx.is_main:
             frontend.prepare(progress=True)
         barrier(ctx)
+        require_split(frontend, "train", "")
+        require_split(frontend, "valid", "ct-train evaluates on it: ")
         trainer = Trainer(cfg, frontend, run_dir, ctx)
         if cfg.resume:
             path = trainer.checkpoints.latest() if cfg.resume == "auto" else Path(cfg.resume)
@@ -79,7 +80,7 @@ def _report(trainer, metrics: dict[str, float], run_dir: Path) -> None:
         paths = trainer.frontend.decode(tokens, run_dir / "samples" / f"step_{trainer.step:08d}", prompt_len=0)
         lines += [f"sample: {p}" for p in paths]
     shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}
-    lines.append(f"valid: {json.dumps(shown)}")
+    lines.append(f"valid: {json_line(shown)}")
     lines.append(f"next: ct-sample {ckpt} --out {run_dir / 'samples'}")
     lines.append(f"      ct-eval {ckpt} split=test")
     print("\n".join(lines), flush=True)

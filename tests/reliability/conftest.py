@@ -13,6 +13,8 @@ import pytest
 
 from tests.conftest import run_cli
 
+#: The audio demo's front end (8 kHz μ-law) with a tiny model.
+AUDIO = ["experiment=audio/demo", "model=tiny", "memory=ct_small"]
 #: A few seconds of training: enough for a checkpoint every command can read.
 SMOKE = ["experiment=smoke/synthetic", "trainer.steps=12", "trainer.save_every=6", "trainer.eval_every=6",
          "trainer.log_every=3", "trainer.sample_tokens=0", "trainer.eval_sample_tokens=0"]
@@ -32,6 +34,27 @@ def checkpoint(smoke_run, tmp_path) -> Path:
     path = tmp_path / "run" / "checkpoints" / "last.pt"
     path.parent.mkdir(parents=True)
     shutil.copyfile(smoke_run / "checkpoints" / "last.pt", path)
+    return path
+
+
+def untrained_checkpoint(path: Path, overrides: list[str], scale: float = 1.0) -> Path:
+    """A checkpoint of an untrained model of the recipe ``overrides`` (output
+    weights times ``scale``), written without reading any data."""
+    import torch
+
+    from ct_core.cli.common import compose_recipe
+    from ct_core.cli.run_setup import build_run
+    from ct_core.model.lm import CompressiveTransformerLM
+    from ct_core.train.checkpoint import FORMAT_VERSION, package_version, save_checkpoint
+
+    cfg, frontend = build_run(compose_recipe(overrides, "test"))
+    torch.manual_seed(0)
+    model = CompressiveTransformerLM(cfg.model)
+    with torch.no_grad():
+        model.head.weight.mul_(scale)
+    save_checkpoint(path, {"format_version": FORMAT_VERSION, "package_version": package_version(),
+                           "config": cfg.raw, "model": model.state_dict(), "step": 0,
+                           "frontend": frontend.state_dict()})
     return path
 
 

@@ -11,25 +11,15 @@ import pytest
 import soundfile as sf
 import torch
 
-from ct_core.cli.common import compose_recipe
-from ct_core.cli.run_setup import build_run
-from ct_core.model.lm import CompressiveTransformerLM
-from ct_core.train.checkpoint import FORMAT_VERSION, package_version, save_checkpoint
 from tests.conftest import run_cli
-from tests.reliability.conftest import assert_one_line_error, read_only, run_unprivileged
+from tests.reliability.conftest import (
+    AUDIO, assert_one_line_error, read_only, run_unprivileged, untrained_checkpoint,
+)
 
 
 @pytest.fixture(scope="module")
 def audio_checkpoint(tmp_path_factory):
-    """An untrained tiny model of the audio demo's front end (8 kHz μ-law)."""
-    raw = compose_recipe(["experiment=audio/demo", "model=tiny", "memory=ct_small"], "test")
-    cfg, frontend = build_run(raw)
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("audio") / "run" / "checkpoints" / "last.pt"
-    save_checkpoint(path, {"format_version": FORMAT_VERSION, "package_version": package_version(),
-                           "config": cfg.raw, "model": CompressiveTransformerLM(cfg.model).state_dict(),
-                           "step": 0, "frontend": frontend.state_dict()})
-    return path
+    return untrained_checkpoint(tmp_path_factory.mktemp("audio") / "run" / "checkpoints" / "last.pt", AUDIO)
 
 
 @pytest.mark.parametrize("value", ["-1", "nan", "inf"])
