@@ -161,6 +161,8 @@ class TextFrontEnd(FrontEnd):
         """The prompt as ids ``[P]`` int64. Also starts a new streamed text."""
         self._stream.reset()
         if request.prompt_file:
+            if Path(request.prompt_file).is_dir():
+                raise DataError(f"--prompt-file {request.prompt_file} is a folder; give a text file")
             if not Path(request.prompt_file).is_file():
                 raise DataError(
                     f"--prompt-file {request.prompt_file}: no such file; give an existing text file or use --prompt"

@@ -3,6 +3,7 @@ user mistakes into one-line errors instead of tracebacks."""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import difflib
 import json
@@ -20,6 +21,15 @@ def recipes_dir() -> Path:
     import ct_recipes
 
     return Path(ct_recipes.__file__).resolve().parent
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose usage mistakes are one line, like every other user
+    error: ``prog: error: message (see prog --help)``, exit 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
 
 
 @contextlib.contextmanager

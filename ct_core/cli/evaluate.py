@@ -12,12 +12,11 @@ corpus lives on this machine), ``eval.*`` and ``trainer.device``/``precision``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
-from ct_core.cli.common import json_line, user_errors
+from ct_core.cli.common import OneLineParser, json_line, user_errors
 from ct_core.errors import ConfigError
 
 PROG = "ct-eval"
@@ -79,14 +78,16 @@ def run(checkpoint: Path, overrides: list[str]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog=PROG,
         description="Evaluate a checkpoint on a complete split (every token once, memory carried "
         "within documents). The last printed line is one JSON object.",
         epilog="example: ct-eval outputs/audio/demo/<time>/checkpoints/last.pt split=test",
     )
-    parser.add_argument("checkpoint", type=Path, help="a .pt file written by ct-train")
-    parser.add_argument("overrides", nargs="*", help="split=valid|test, data.KEY=VALUE, eval.KEY=VALUE, trainer.device=cpu")
+    parser.add_argument("checkpoint", type=Path, metavar="CHECKPOINT", help="a .pt file written by ct-train")
+    # A default makes the overrides optional in the usage line and in errors.
+    parser.add_argument("overrides", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="split=valid|test, data.KEY=VALUE, eval.KEY=VALUE, trainer.device=cpu")
     args = parser.parse_args(argv)
     with user_errors(PROG):
         run(args.checkpoint, args.overrides)

@@ -9,10 +9,9 @@ only with ``--force``, and a checkpoint never.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
-from ct_core.cli.common import user_errors
+from ct_core.cli.common import OneLineParser, user_errors
 from ct_core.cli.output_paths import check_output_file
 from ct_core.errors import ConfigError, UserError
 
@@ -35,7 +34,7 @@ def export(checkpoint: Path, out: Path, force: bool) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog=PROG,
         description="Write the model weights of a ct-train checkpoint as a .safetensors file.",
         epilog="example: ct-export runs/demo/checkpoints/last.pt demo.safetensors",

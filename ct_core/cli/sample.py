@@ -20,7 +20,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from ct_core.cli.common import user_errors
+from ct_core.cli.common import OneLineParser, user_errors
 from ct_core.cli.output_paths import check_output_file, default_sample_out
 from ct_core.errors import ConfigError
 
@@ -31,7 +31,7 @@ MAX_NEW_TOKENS = 10_000_000
 
 
 def common_parser(add_help: bool) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog=PROG,
         add_help=add_help,
         description="Sample from a ct-train checkpoint. Options after the checkpoint depend on its "

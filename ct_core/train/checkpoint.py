@@ -54,6 +54,7 @@ import torch
 from safetensors.torch import save_file
 
 from ct_core.errors import CheckpointError, ConfigError
+from ct_core.train.checkpoint_diagnosis import foreign_format, why_unreadable
 
 FORMAT_VERSION = 1
 #: keys every checkpoint has; enough for ct-eval, ct-sample and export
@@ -154,11 +155,13 @@ def load_checkpoint(path: Path, map_location: Any = "cpu", for_resume: bool = Fa
         raise CheckpointError(f"{path}: is a directory; pass a checkpoint file such as {path / LAST}")
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint; pass a .pt file from <run>/checkpoints/")
+    foreign = foreign_format(path)
+    if foreign:
+        raise CheckpointError(f"{path}: not a readable checkpoint: {foreign}")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # torch raises several types for damaged files
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
-        raise CheckpointError(f"{path}: not a readable checkpoint ({reason}); it may be damaged or not a checkpoint") from None
+        raise CheckpointError(f"{path}: not a readable checkpoint: {why_unreadable(path, err)}") from None
     if not isinstance(payload, dict):
         raise CheckpointError(f"{path}: not a checkpoint of this package (holds a {type(payload).__name__}, not a dict)")
     required = REQUIRED_KEYS + (TRAINING_KEYS if for_resume else ())

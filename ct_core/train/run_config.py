@@ -15,6 +15,7 @@ comes from the data front end.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
@@ -24,6 +25,8 @@ from ct_core.options import build_options, section_key
 
 OPTIMIZERS = ("adam", "adamw")
 PRECISIONS = ("auto", "fp32", "bf16")
+#: What trainer.device may say (whether the machine has it is checked when the run starts).
+DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 SECTIONS = ("model", "memory", "compression", "data", "optim", "trainer", "eval", "experiment_name", "resume")
 
 
@@ -116,6 +119,8 @@ class TrainerConfig:
             raise ConfigError(
                 f"{key('batch_size')}={self.batch_size} must be divisible by {key('grad_accum')}={self.grad_accum}"
             )
+        if not DEVICE.fullmatch(self.device):
+            raise ConfigError(f"{key('device')}={self.device!r} is not a device; use auto, cpu, cuda or cuda:N")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"{key('precision')}={self.precision!r} is unknown; allowed: {', '.join(PRECISIONS)}")
 
@@ -130,8 +135,7 @@ class EvalConfig:
 
     def validate(self, key: Callable[[str], str] = section_key("eval")) -> None:
         _check(self, key, ("batch_size",), _positive, "a positive integer")
-        _check(self, key, ("mem_len", "cmem_len"), lambda v: v >= 0, "an integer >= 0 (null: as in training)",
-               optional=True)
+        _check(self, key, ("mem_len", "cmem_len"), lambda v: v >= 0, "an integer >= 0", optional=True)
 
 
 @dataclass
