@@ -217,19 +217,36 @@ class CheckpointManager:
         return sorted(found)
 
     def save(self, step: int, payload: dict[str, Any]) -> Path:
-        """Write the step file, point ``last.pt`` at it, prune old step files."""
+        """Write the step file, point ``last.pt`` at it, prune old step files.
+
+        A write that fails (disk full, file too large, an I/O error) leaves
+        the earlier files as they were, no temporary file, and raises a
+        one-line :class:`CheckpointError` naming the newest complete
+        checkpoint; the caller stops there rather than retrying."""
         path = self.step_path(step)
-        save_checkpoint(path, payload)
-        with _atomic_path(self.last_path) as tmp:
-            tmp.unlink()
-            try:
-                os.link(path, tmp)
-            except OSError:  # no hard links here (some network or Windows file systems)
-                shutil.copyfile(path, tmp)
+        try:
+            save_checkpoint(path, payload)
+            with _atomic_path(self.last_path) as tmp:
+                tmp.unlink()
+                try:
+                    os.link(path, tmp)
+                except OSError:  # no hard links here (some network or Windows file systems)
+                    shutil.copyfile(path, tmp)
+        except OSError as err:
+            raise CheckpointError(f"saving {path} failed ({err.strerror}); {self._newest()}; "
+                                  "make room and continue with resume=auto") from None
         step_files = self.step_files()
         for _, old in step_files[: max(len(step_files) - self.keep_last, 0)]:
             old.unlink(missing_ok=True)
         return path
+
+    def _newest(self) -> str:
+        """``newest complete checkpoint: <path> (step N)``, for messages."""
+        newest = self.latest()
+        if newest is None:
+            return "no complete checkpoint yet"
+        step = next((k for k, p in self.step_files() if p == newest or os.path.samefile(p, newest)), None)
+        return f"newest complete checkpoint: {newest}" + (f" (step {step})" if step is not None else "")
 
     def latest(self) -> Path | None:
         """The checkpoint to resume from: ``last.pt`` if complete, else the

@@ -68,6 +68,19 @@ def assert_one_line_error(proc, *needles: str, code: int = 2) -> str:
     return err
 
 
+def assert_ends_in_one_line_error(proc, prog: str, *needles: str) -> str:
+    """Like :func:`assert_one_line_error` for a command that logged progress
+    first (ct-train): exit 2, no traceback, the last line is the error."""
+    err = proc.stderr.strip()
+    assert proc.returncode == 2, f"exit {proc.returncode}\n{proc.stdout}\n{err}"
+    assert "Traceback" not in err, err
+    last = err.splitlines()[-1]
+    assert last.startswith(f"{prog}: error: "), err
+    for needle in needles:
+        assert needle in last, last
+    return last
+
+
 def unprivileged() -> list[str]:
     """A command prefix under which file permissions apply. Root ignores them,
     so as root the command runs without the capability that overrides them."""
@@ -95,3 +108,19 @@ def run_unprivileged(name: str, *args: str, **kwargs):
     cmd = unprivileged() + script(name) + list(args)
     return subprocess.run(cmd, capture_output=True, text=True, timeout=kwargs.get("timeout", 600),
                           cwd=kwargs.get("cwd"), env=env)
+
+
+DRIVER = Path(__file__).with_name("fault_driver.py")
+
+
+def run_with_fault(fault: str, prog: str, *args: str, cwd: Path, env: dict | None = None, timeout: float = 600):
+    """``prog`` (ct-train or ct-prepare) with ``fault`` injected (see fault_driver.py)."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    full_env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
+    full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), full_env.get("PYTHONPATH")]))
+    return subprocess.run([sys.executable, str(DRIVER), fault, prog, *args], cwd=cwd, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
