@@ -35,7 +35,7 @@ from ct_audio.splits import assign_splits, cap_files
 from ct_core.errors import DataError
 from ct_core.data.frontend import SPLITS
 from ct_core.data.split_check import check_splits
-from ct_core.data.token_store import TokenStore, TokenStoreWriter, content_hash
+from ct_core.data.token_store import TokenStore, TokenStoreWriter, content_hash, store_lock
 
 log = logging.getLogger(__name__)
 
@@ -84,9 +84,16 @@ def prepare_store(plan: Plan, progress: bool = True) -> Path:
     Files that cannot be used are skipped and listed in the manifest; the
     run goes on. If no file at all is usable, :class:`DataError`.
     """
-    if TokenStore.exists(plan.path):
-        log.info("audio: cache hit, using prepared data at %s", plan.path)
-        return plan.path
+    with store_lock(plan.path):  # another process may be preparing the same store
+        if TokenStore.exists(plan.path):
+            log.info("audio: cache hit, using prepared data at %s", plan.path)
+            return plan.path
+        _write_store(plan, progress)
+    return plan.path
+
+
+def _write_store(plan: Plan, progress: bool) -> None:
+    """Read, preprocess and μ-law encode every planned file into the store."""
     cfg, root = plan.cfg, plan.listing.root
     pre = cfg.preprocessor()
     skipped = [{"path": p, "reason": r} for p, r in plan.listing.skipped]
@@ -123,7 +130,6 @@ def prepare_store(plan: Plan, progress: bool = True) -> Path:
         writer.finish(_manifest(plan, sources, skipped), splits=SPLITS)
     if skipped:
         log.warning("audio: skipped %d file(s); reasons in %s", len(skipped), plan.path / "manifest.json")
-    return plan.path
 
 
 def _manifest(plan: Plan, sources: list[dict[str, Any]], skipped: list[dict[str, str]]) -> dict[str, Any]:

@@ -12,6 +12,7 @@ process, counted from 1):
 ``kill-link:N``    SIGKILL after the N-th step file is in place, before last.pt
 ``kill-eval:N``    SIGKILL after two batches of the N-th evaluation pass
 ``kill-prepare:N`` SIGKILL after the N-th document written to a token store
+``kill-install:N`` SIGKILL when the N-th finished token store is about to be moved into place
 ``enospc-save:N``  the N-th checkpoint write fails: no space left on device
 ``slow-prepare:N`` every document written to a token store takes N/10 s
 =================  ===========================================================
@@ -125,6 +126,18 @@ def install(fault: str) -> None:
             return real_evaluate(model, *args, **kwargs)
 
         trainer_module.evaluate = evaluate
+    elif kind == "kill-install":
+        import ct_core.data.token_store as token_store
+
+        tick = _nth(n, _die)
+        real_replace = os.replace
+
+        def replace(src, dst, *args, **kwargs):
+            if Path(src).is_dir():
+                tick()
+            return real_replace(src, dst, *args, **kwargs)
+
+        token_store.os.replace = replace
     elif kind in ("kill-prepare", "slow-prepare"):
         tick = _nth(n, _die)
         add = TokenStoreWriter.add
