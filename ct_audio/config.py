@@ -91,6 +91,11 @@ class AudioConfig:
             raise ConfigError(f"{key('chunk_samples')}={self.chunk_samples} must be at least 2 samples, or null")
         if self.top_db <= 0:
             raise ConfigError(f"{key('top_db')}={self.top_db} must be positive (dB below the loudest frame)")
+        for name in ("peak_db", "rms_db", "silence_db"):
+            if getattr(self, name) > 0:
+                raise ConfigError(f"{key(name)}={getattr(self, name)} must be <= 0 (a level in dB below full scale)")
+        if self.seed < 0:
+            raise ConfigError(f"{key('seed')}={self.seed} must be an integer >= 0")
 
     @property
     def vocab_size(self) -> int:

@@ -56,6 +56,8 @@ class SyntheticConfig:
             raise ConfigError(f"{key('max_len')}={self.max_len} must be >= {key('min_len')}={self.min_len}")
         if not 4 <= self.vocab_size <= 2**31 - 1:
             raise ConfigError(f"{key('vocab_size')}={self.vocab_size} must lie in [4, 2^31)")
+        if self.seed < 0:
+            raise ConfigError(f"{key('seed')}={self.seed} must be an integer >= 0")
         if self.kind not in KINDS:
             raise ConfigError(f"{key('kind')}={self.kind!r} is unknown; allowed: {', '.join(KINDS)}")
         return self

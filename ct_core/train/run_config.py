@@ -115,6 +115,8 @@ class TrainerConfig:
         _check(self, key, ("update_every_after", "keep_last", "sample_tokens", "eval_sample_tokens"),
                lambda v: v >= 0, "an integer >= 0")
         _check(self, key, ("eval_max_batches", "threads"), _positive, "a positive integer", optional=True)
+        # numpy's global generator takes seeds in [0, 2^32).
+        _check(self, key, ("seed",), lambda v: 0 <= v < 2**32, "an integer in [0, 2^32)")
         if self.batch_size % self.grad_accum:
             raise ConfigError(
                 f"{key('batch_size')}={self.batch_size} must be divisible by {key('grad_accum')}={self.grad_accum}"
