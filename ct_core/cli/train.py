@@ -81,7 +81,7 @@ def _report(trainer, metrics: dict[str, float], run_dir: Path) -> None:
         lines += [f"sample: {p}" for p in paths]
     shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}
     lines.append(f"valid: {json_line(shown)}")
-    lines.append(f"next: ct-sample {ckpt} --out {run_dir / 'samples'}")
+    lines.append(f"next: ct-sample {ckpt}")  # writes a new samples/sample_<time> in this run
     lines.append(f"      ct-eval {ckpt} split=test")
     print("\n".join(lines), flush=True)
 
