@@ -14,8 +14,9 @@ Example::
     with StopRequests() as stop:
         while training:
             if stop.requested(ctx, device):
-                save(); raise TrainingStopped(stop.signal_name, step, checkpoint)
+                save(); raise TrainingStopped(stop.signal_name, stop.signum, step, checkpoint)
             train_step()
+        save(); stop.release()   # from here on a signal stops at once
 """
 
 from __future__ import annotations
@@ -74,6 +75,13 @@ class StopRequests:
             self.signum = signal.SIGTERM  # another rank was signalled
         return total > 0
 
+    def release(self) -> None:
+        """Give the signals back to their previous handlers (Ctrl-C raises
+        ``KeyboardInterrupt`` again) before the ``with`` block ends."""
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
     def __enter__(self) -> "StopRequests":
         # Signal handlers can only be set from the main thread.
         if threading.current_thread() is threading.main_thread():
@@ -82,6 +90,4 @@ class StopRequests:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous.clear()
+        self.release()

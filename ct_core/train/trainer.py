@@ -228,46 +228,51 @@ class Trainer:
 
     def fit(self) -> dict[str, float]:
         """Train to ``trainer.steps``; returns the final evaluation metrics.
-        Final samples (``trainer.sample_tokens``) are the caller's to write."""
+        Final samples (``trainer.sample_tokens``) are the caller's to write.
+        Ctrl-C or SIGTERM finish the current step, save, and raise
+        :class:`~ct_core.train.stop_requests.TrainingStopped`."""
+        with StopRequests() as stop:
+            return self._fit(stop)
+
+    def _fit(self, stop: StopRequests) -> dict[str, float]:
         t = self.cfg.trainer
         self.logger.message(
             f"{self.model.num_parameters():,} parameters | {t.batch_size} lanes x {self.cfg.model.seq_len} tokens "
             f"= {t.batch_size * self.cfg.model.seq_len:,} tokens per step | device {self.device}"
         )
         bad_in_row, window_tokens, window_start, rate = 0, 0.0, time.perf_counter(), 0.0
-        # Ctrl-C or SIGTERM: finish the step, save, stop (see stop_requests).
-        with StopRequests() as stop:
-            while self.step < t.steps:
-                if stop.requested(self.ctx, self.device):
-                    self.save()
-                    self.logger.close()
-                    raise TrainingStopped(stop.signal_name, stop.signum, self.step, self.checkpoints.last_path)
-                stats = self.train_step()
-                if stats is None:
-                    bad_in_row += 1
-                    self.logger.log(self.step, {"nonfinite_skipped": bad_in_row}, split="train")
-                    self.logger.message(f"step {self.step + 1}: non-finite loss, step skipped ({bad_in_row} in a row)")
-                    if bad_in_row >= t.max_nonfinite:
-                        last = self.checkpoints.latest()
-                        raise NonFiniteLossError(
-                            f"loss was non-finite for {bad_in_row} steps in a row at step {self.step + 1}; "
-                            f"last good checkpoint: {last or 'none'}; lower optim.lr or check the data"
-                        )
-                    continue
-                bad_in_row = 0
-                window_tokens += stats["tokens"]
-                if self.step % t.log_every == 0 or self.step == t.steps:
-                    elapsed = time.perf_counter() - window_start
-                    rate = window_tokens / max(elapsed, 1e-9)
-                    stats["tokens_per_s"] = rate
-                    self.logger.log(self.step, stats, split="train")
-                    window_tokens, window_start = 0.0, time.perf_counter()
-                self.logger.progress(self.step, stats["loss"], rate)
-                if self.step % t.eval_every == 0 and self.step < t.steps:
-                    self._evaluate_and_log(t.eval_max_batches)
-                if self.step % t.save_every == 0 and self.step < t.steps:
-                    self.save()
+        while self.step < t.steps:
+            if stop.requested(self.ctx, self.device):
+                self.save()
+                self.logger.close()
+                raise TrainingStopped(stop.signal_name, stop.signum, self.step, self.checkpoints.last_path)
+            stats = self.train_step()
+            if stats is None:
+                bad_in_row += 1
+                self.logger.log(self.step, {"nonfinite_skipped": bad_in_row}, split="train")
+                self.logger.message(f"step {self.step + 1}: non-finite loss, step skipped ({bad_in_row} in a row)")
+                if bad_in_row >= t.max_nonfinite:
+                    last = self.checkpoints.latest()
+                    raise NonFiniteLossError(
+                        f"loss was non-finite for {bad_in_row} steps in a row at step {self.step + 1}; "
+                        f"last good checkpoint: {last or 'none'}; lower optim.lr or check the data"
+                    )
+                continue
+            bad_in_row = 0
+            window_tokens += stats["tokens"]
+            if self.step % t.log_every == 0 or self.step == t.steps:
+                elapsed = time.perf_counter() - window_start
+                rate = window_tokens / max(elapsed, 1e-9)
+                stats["tokens_per_s"] = rate
+                self.logger.log(self.step, stats, split="train")
+                window_tokens, window_start = 0.0, time.perf_counter()
+            self.logger.progress(self.step, stats["loss"], rate)
+            if self.step % t.eval_every == 0 and self.step < t.steps:
+                self._evaluate_and_log(t.eval_max_batches)
+            if self.step % t.save_every == 0 and self.step < t.steps:
+                self.save()
         self.save()
+        stop.release()  # the final checkpoint is written: a signal now stops the evaluation at once
         final = self._evaluate_and_log(None if t.final_eval else t.eval_max_batches)
         self.logger.close()
         return final
