@@ -11,6 +11,9 @@ import pytest
 import soundfile as sf
 import torch
 
+from ct_audio.config import AudioSampleRequest
+from ct_core.errors import ConfigError
+
 from tests.conftest import run_cli
 from tests.reliability.conftest import (
     AUDIO, assert_one_line_error, read_only, run_unprivileged, untrained_checkpoint,
@@ -30,11 +33,18 @@ def test_temperature_must_be_a_number_at_least_zero(checkpoint, tmp_path, value)
     assert not (tmp_path / "s.txt").exists()
 
 
-@pytest.mark.parametrize("value, needle", [("1e12", "at most 3600"), ("0", "positive"), ("nan", "positive")])
-def test_audio_length_is_bounded(audio_checkpoint, tmp_path, value, needle):
-    proc = run_cli("ct-sample", str(audio_checkpoint), "--seconds", value, "--out", str(tmp_path / "a.wav"),
+@pytest.mark.parametrize("value, needle", [("1e12", "at most 3600"), ("0", "positive"), ("nan", "positive"),
+                                           ("-2", "positive")])
+def test_audio_length_is_bounded(value, needle):
+    with pytest.raises(ConfigError) as err:
+        AudioSampleRequest(seconds=float(value)).validate()
+    assert str(err.value).startswith("--seconds") and needle in str(err.value)
+
+
+def test_an_endless_request_is_refused_at_once(audio_checkpoint, tmp_path):
+    proc = run_cli("ct-sample", str(audio_checkpoint), "--seconds", "1e12", "--out", str(tmp_path / "a.wav"),
                    check=False, timeout=120)
-    assert_one_line_error(proc, "--seconds", needle)
+    assert_one_line_error(proc, "--seconds", "at most 3600")
     assert list(tmp_path.iterdir()) == []
 
 
