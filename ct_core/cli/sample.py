@@ -155,7 +155,8 @@ def run(argv: list[str]) -> list[Path]:
     if interrupted and not drawn:
         print(f"{PROG}: interrupted before the first token; nothing written", file=sys.stderr)
         sys.exit(130)
-    tokens = torch.cat([prompt_t, torch.stack(drawn, dim=1).to(prompt_t.dtype)], dim=1)[:, skip:]  # [B, P + N]
+    new = [torch.stack(drawn, dim=1).to(prompt_t.dtype)] if drawn else []  # --tokens 0 draws none
+    tokens = torch.cat([prompt_t, *new], dim=1)[:, skip:]  # [B, P + N]
     paths = frontend.decode(tokens.cpu().numpy(), out, prompt_len=prompt.size - skip)
     if interrupted:
         where = targets[0] if len(targets) == 1 else targets[0].parent
