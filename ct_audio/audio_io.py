@@ -62,6 +62,8 @@ def read_audio(path: Path | str) -> tuple[np.ndarray, int]:
     audio, truncated, corrupt or contains non-finite samples.
     """
     path = Path(path)
+    if path.is_dir():
+        raise UnusableAudio(path, "is a folder; give an audio file")
     if not path.is_file():
         raise UnusableAudio(path, "file not found")
     if path.stat().st_size == 0:

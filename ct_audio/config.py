@@ -91,6 +91,11 @@ class AudioConfig:
             raise ConfigError(f"{key('chunk_samples')}={self.chunk_samples} must be at least 2 samples, or null")
         if self.top_db <= 0:
             raise ConfigError(f"{key('top_db')}={self.top_db} must be positive (dB below the loudest frame)")
+        for name in ("peak_db", "rms_db", "silence_db"):
+            if getattr(self, name) > 0:
+                raise ConfigError(f"{key(name)}={getattr(self, name)} must be <= 0 (a level in dB below full scale)")
+        if self.seed < 0:
+            raise ConfigError(f"{key('seed')}={self.seed} must be an integer >= 0")
 
     @property
     def vocab_size(self) -> int:
@@ -114,6 +119,11 @@ class AudioConfig:
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("cache_dir", "root", "chunk_samples")}
 
 
+#: Longest audio one ct-sample call generates; far longer requests are typos
+#: (``1e12``) that would otherwise run for ever.
+MAX_SECONDS = 3600.0
+
+
 @dataclasses.dataclass
 class AudioSampleRequest(SampleRequest):
     """``ct-sample`` options of an audio checkpoint."""
@@ -126,7 +136,11 @@ class AudioSampleRequest(SampleRequest):
         default=1.0, metadata={"help": "seconds of --prime to use (default 1.0)", "metavar": "S"})
 
     def validate(self) -> None:
-        if self.seconds < 0:
-            raise ConfigError(f"--seconds {self.seconds}: must not be negative")
-        if self.prime_seconds <= 0:
-            raise ConfigError(f"--prime-seconds {self.prime_seconds}: must be positive")
+        # `not x > 0` also refuses NaN.
+        if not self.seconds > 0:
+            raise ConfigError(f"--seconds {self.seconds:g}: must be a positive number of seconds")
+        if self.seconds > MAX_SECONDS:
+            raise ConfigError(f"--seconds {self.seconds:g}: at most {MAX_SECONDS:g} (one hour) per call; "
+                              "continue a longer piece with --prime from the end of the last one")
+        if not 0 < self.prime_seconds <= MAX_SECONDS:
+            raise ConfigError(f"--prime-seconds {self.prime_seconds:g}: must be positive, at most {MAX_SECONDS:g}")

@@ -222,8 +222,10 @@ def list_corpus(corpus: str, root: str | Path | None) -> Listing:
     """List ``corpus`` at ``root``. A missing folder, or one without usable
     audio, is a one-line :class:`DataError` naming the folder."""
     folder = corpus_root(corpus, root)
+    if folder.is_file():
+        raise DataError(f"data.root={folder} is a file; set data.root to the folder that holds the {corpus} corpus")
     if not folder.is_dir():
-        raise DataError(f"{folder}: corpus folder not found; set data.root to the {corpus} folder")
+        raise DataError(f"data.root={folder}: no such folder; set data.root to the folder that holds the {corpus} corpus")
     listing = READERS[corpus](folder)
     if not listing.utterances:
         raise DataError(f"{folder}: no {corpus} audio files found "

@@ -44,6 +44,7 @@ class AudioFrontEnd(FrontEnd):
     name = "audio"
     Config = AudioConfig
     SampleRequest = AudioSampleRequest
+    sample_suffix = ".wav"
 
     def __init__(self, cfg: AudioConfig, state: Mapping[str, Any] | None = None) -> None:
         super().__init__(cfg, state)
@@ -123,26 +124,28 @@ class AudioFrontEnd(FrontEnd):
     def num_new_tokens(self, request: AudioSampleRequest) -> int:
         return round(request.seconds * self.cfg.sample_rate)
 
+    def sample_paths(self, out: Path, batch: int) -> list[Path]:
+        """As the base class, for WAV files: ``out`` is a ``.wav`` name or a
+        folder; any other file name (``x.mp3``) is refused."""
+        out = Path(out)
+        if out.suffix and out.suffix.lower() != self.sample_suffix and not out.is_dir():
+            raise ConfigError(f"--out {out}: audio samples are written as WAV; name a .wav file or a folder")
+        return super().sample_paths(out, batch)
+
     def decode(self, tokens: np.ndarray, out: Path, prompt_len: int) -> list[Path]:
         """Write each stream of ``tokens`` ``[B, P + N]`` as a 16-bit WAV at the
         model's rate (priming clip included) with a spectrogram PNG beside it.
 
-        One stream and ``out`` ending in ``.wav``: that file. Otherwise ``out``
-        is a folder (``x.wav`` with several streams becomes folder ``x``) that
-        receives ``sample_000.wav``, ``sample_001.wav``, ...
+        The files are those of :meth:`sample_paths`: one stream and ``out``
+        ending in ``.wav``, that file; otherwise ``sample_000.wav``,
+        ``sample_001.wav``, ... in folder ``out`` (``x.wav`` becomes ``x``).
 
         The spectrogram marks where the priming clip ends. A one-token prompt
         is the :meth:`start_token` of unprompted generation, not a clip, so
         it gets no mark.
         """
         tokens = np.atleast_2d(np.asarray(tokens))  # [B, P + N]
-        out = Path(out)
-        is_wav = out.suffix.lower() == ".wav"
-        if tokens.shape[0] == 1 and is_wav:
-            targets = [out]
-        else:
-            folder = out.with_suffix("") if is_wav else out
-            targets = [folder / f"sample_{i:03d}.wav" for i in range(tokens.shape[0])]
+        targets = self.sample_paths(out, tokens.shape[0])
         sr = self.cfg.sample_rate
         boundary = prompt_len / sr if prompt_len > 1 else None
         written: list[Path] = []

@@ -34,7 +34,8 @@ from ct_audio.mulaw import mulaw_encode
 from ct_audio.splits import assign_splits, cap_files
 from ct_core.errors import DataError
 from ct_core.data.frontend import SPLITS
-from ct_core.data.token_store import TokenStore, TokenStoreWriter, content_hash
+from ct_core.data.split_check import check_splits
+from ct_core.data.token_store import TokenStore, TokenStoreWriter, content_hash, store_lock
 
 log = logging.getLogger(__name__)
 
@@ -83,9 +84,16 @@ def prepare_store(plan: Plan, progress: bool = True) -> Path:
     Files that cannot be used are skipped and listed in the manifest; the
     run goes on. If no file at all is usable, :class:`DataError`.
     """
-    if TokenStore.exists(plan.path):
-        log.info("audio: cache hit, using prepared data at %s", plan.path)
-        return plan.path
+    with store_lock(plan.path):  # another process may be preparing the same store
+        if TokenStore.exists(plan.path):
+            log.info("audio: cache hit, using prepared data at %s", plan.path)
+            return plan.path
+        _write_store(plan, progress)
+    return plan.path
+
+
+def _write_store(plan: Plan, progress: bool) -> None:
+    """Read, preprocess and μ-law encode every planned file into the store."""
     cfg, root = plan.cfg, plan.listing.root
     pre = cfg.preprocessor()
     skipped = [{"path": p, "reason": r} for p, r in plan.listing.skipped]
@@ -116,10 +124,12 @@ def prepare_store(plan: Plan, progress: bool = True) -> Path:
             first = skipped[0]
             raise DataError(f"{root}: none of its {len(skipped)} audio files is usable "
                             f"(e.g. {first['path']}: {first['reason']})")
+        planned = {split: [u.path.relative_to(root).as_posix() for u in plan.splits[split]] for split in SPLITS}
+        kept = {split: [(r["path"], r["samples"]) for r in sources if r["split"] == split] for split in SPLITS}
+        check_splits(f"data.root={root}", planned, kept, {s["path"]: s["reason"] for s in skipped})
         writer.finish(_manifest(plan, sources, skipped), splits=SPLITS)
     if skipped:
         log.warning("audio: skipped %d file(s); reasons in %s", len(skipped), plan.path / "manifest.json")
-    return plan.path
 
 
 def _manifest(plan: Plan, sources: list[dict[str, Any]], skipped: list[dict[str, str]]) -> dict[str, Any]:

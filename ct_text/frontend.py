@@ -24,7 +24,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ct_core.data.frontend import FrontEnd, SampleMedia, check_split
-from ct_core.data.token_store import TokenStore, content_hash
+from ct_core.data.token_store import TokenStore, content_hash, store_lock
 from ct_core.errors import ConfigError, DataError
 from ct_text.config import TextConfig, TextSampleRequest
 from ct_text.corpus import Corpus, decode_text, read_text_file
@@ -100,17 +100,18 @@ class TextFrontEnd(FrontEnd):
             # A checkpoint's tokenizer differs from the one these settings
             # train today (the corpus changed): its ids need their own store.
             path = self.cache_dir / "text" / content_hash({**settings, "tokenizer_sha256": self._tokenizer.sha256})
-        if TokenStore.exists(path) and self._adopt(TokenStore(path)):
-            log.info("prepared text found in cache: %s", path)
-            return
-        model_file = None
-        if self._tokenizer is None:
-            self._tokenizer, model_path = load_or_train_sentencepiece(
-                corpus.split("train"), self.cfg.vocab_size, self.cfg.sentencepiece_type,
-                self.cfg.tokenizer_sample_bytes, self.cache_dir,
-            )
-            model_file = model_path.name
-        self._store = TokenStore(write_store(path, corpus, self._tokenizer, model_file, progress))
+        with store_lock(path):  # another process may be preparing the same store
+            if TokenStore.exists(path) and self._adopt(TokenStore(path)):
+                log.info("prepared text found in cache: %s", path)
+                return
+            model_file = None
+            if self._tokenizer is None:
+                self._tokenizer, model_path = load_or_train_sentencepiece(
+                    corpus.split("train"), self.cfg.vocab_size, self.cfg.sentencepiece_type,
+                    self.cfg.tokenizer_sample_bytes, self.cache_dir,
+                )
+                model_file = model_path.name
+            self._store = TokenStore(write_store(path, corpus, self._tokenizer, model_file, progress))
 
     @staticmethod
     def _store_uses(path: Path, tokenizer: SentencePieceTokenizer) -> bool:
@@ -161,6 +162,8 @@ class TextFrontEnd(FrontEnd):
         """The prompt as ids ``[P]`` int64. Also starts a new streamed text."""
         self._stream.reset()
         if request.prompt_file:
+            if Path(request.prompt_file).is_dir():
+                raise DataError(f"--prompt-file {request.prompt_file} is a folder; give a text file")
             if not Path(request.prompt_file).is_file():
                 raise DataError(
                     f"--prompt-file {request.prompt_file}: no such file; give an existing text file or use --prompt"
@@ -186,12 +189,7 @@ class TextFrontEnd(FrontEnd):
         ``sample_000.txt``, ``sample_001.txt``, ..."""
         tokens = np.asarray(tokens)
         tokens = tokens.reshape(1, -1) if tokens.ndim == 1 else tokens  # [B, T]
-        out = Path(out)
-        if tokens.shape[0] == 1 and out.suffix:
-            paths = [out]
-        else:
-            folder = out.with_suffix("")
-            paths = [folder / f"sample_{i:03d}.txt" for i in range(tokens.shape[0])]
+        paths = self.sample_paths(out, tokens.shape[0])
         tokenizer = self._require_tokenizer()
         for path, row in zip(paths, tokens):
             path.parent.mkdir(parents=True, exist_ok=True)

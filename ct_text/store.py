@@ -22,6 +22,7 @@ from typing import Any
 from tqdm import tqdm
 
 from ct_core.data.frontend import SPLITS
+from ct_core.data.split_check import check_splits
 from ct_core.data.token_store import TokenStoreWriter, token_dtype
 from ct_text.config import TextConfig
 from ct_text.corpus import Corpus, count_words, decode_text
@@ -44,6 +45,11 @@ def store_settings(cfg: TextConfig, tokenizer_kind: str, corpus: Corpus) -> dict
     return settings
 
 
+def source_option(corpus: Corpus) -> str:
+    """The option that names ``corpus``'s location, as the user set it."""
+    return f"data.{'root' if corpus.name == 'pg19' else 'path'}={corpus.root}"
+
+
 def write_store(path: Path, corpus: Corpus, tokenizer: Tokenizer, model_file: str | None, progress: bool) -> Path:
     """Tokenize every document of ``corpus`` and write the store at ``path``;
     ``model_file`` names the cached SentencePiece model used (None: bytes,
@@ -52,7 +58,8 @@ def write_store(path: Path, corpus: Corpus, tokenizer: Tokenizer, model_file: st
     skipped = []
     total = sum(doc.size for doc in corpus.documents)
     with TokenStoreWriter(path, token_dtype(tokenizer.vocab_size)) as writer, tqdm(
-        total=total, unit="B", unit_scale=True, desc=f"tokenizing {corpus.name}", disable=not progress
+        total=total, unit="B", unit_scale=True, desc=f"tokenizing {corpus.name}",
+        disable=None if progress else True,  # None: shown on a terminal only
     ) as bar:
         for doc in corpus.documents:
             data = doc.read()
@@ -66,6 +73,11 @@ def write_store(path: Path, corpus: Corpus, tokenizer: Tokenizer, model_file: st
                 "name": doc.name, **doc.meta, "bytes": len(data),
                 "words": count_words(decode_text(data)), "tokens": int(ids.size),
             })
+        # Zero-length byte ranges of a single file (a fraction of 0) are no input.
+        planned = {split: [d.name for d in corpus.documents if d.split == split and (d.size or corpus.root.is_dir())]
+                   for split in SPLITS}
+        kept = {split: [(r["name"], r["tokens"]) for r in rows] for split, rows in records.items()}
+        check_splits(source_option(corpus), planned, kept, {d["name"]: d["reason"] for d in skipped})
         counts = {
             split: {"documents": len(rows), **{k: sum(r[k] for r in rows) for k in ("tokens", "bytes", "words")}}
             for split, rows in records.items()

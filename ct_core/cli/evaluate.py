@@ -12,12 +12,11 @@ corpus lives on this machine), ``eval.*`` and ``trainer.device``/``precision``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
-from ct_core.cli.common import user_errors
+from ct_core.cli.common import OneLineParser, json_line, user_errors
 from ct_core.errors import ConfigError, DataError
 
 PROG = "ct-eval"
@@ -37,7 +36,7 @@ def apply_overrides(config: dict, overrides: list[str]) -> tuple[dict, str]:
         elif any(key == p or key.startswith(p) for p in EDITABLE):
             dotlist.append(item)
         else:
-            raise ConfigError(f"{key} cannot be changed at evaluation; allowed: split, data.*, eval.*, trainer.device")
+            raise ConfigError(f"{key} cannot be changed at evaluation; allowed: split, data.*, eval.*, trainer.device, trainer.precision")
     if split not in ("train", "valid", "test"):
         raise ConfigError(f"split={split!r} is unknown; choose valid or test (or train)")
     merged = OmegaConf.merge(OmegaConf.create(config), OmegaConf.from_dotlist(dotlist))
@@ -49,7 +48,7 @@ def run(checkpoint: Path, overrides: list[str], attention_report: bool = False) 
 
     from ct_core.train.checkpoint import load_checkpoint
     from ct_core.train.evaluator import evaluate
-    from ct_core.cli.run_setup import build_run, load_model
+    from ct_core.cli.run_setup import build_run, load_model, require_split
     from ct_core.train.runtime import resolve_device
 
     payload = load_checkpoint(checkpoint)
@@ -58,7 +57,7 @@ def run(checkpoint: Path, overrides: list[str], attention_report: bool = False) 
     device = resolve_device(cfg.trainer.device)
     model = load_model(checkpoint, payload, cfg, frontend).to(device)
     frontend.prepare(progress=sys.stderr.isatty())
-    docs = frontend.documents(split)
+    docs = require_split(frontend, split, "evaluate another split (split=valid), or ")
     with torch.no_grad():
         result = evaluate(model, docs, cfg.eval.batch_size, cfg.eval_mem_len, cfg.eval_cmem_len, device,
                           cfg.trainer.precision)
@@ -74,9 +73,14 @@ def run(checkpoint: Path, overrides: list[str], attention_report: bool = False) 
         if isinstance(value, dict):
             continue  # shown in the JSON line
         print(f"{key:>20}  {value:.6g}" if isinstance(value, float) else f"{key:>20}  {value}")
+    line = json_line(report)
+    print(line, flush=True)
     out = checkpoint.parent / f"eval_{split}.json"
-    out.write_text(json.dumps(report, indent=2))
-    print(json.dumps(report), flush=True)
+    try:
+        out.write_text(json.dumps(json.loads(line), indent=2))
+    except OSError as err:  # the result is printed; a read-only run folder must not lose it
+        print(f"{PROG}: warning: could not write {out} ({err.strerror}); the JSON line above is the result",
+              file=sys.stderr)
     return report
 
 
@@ -117,14 +121,16 @@ def write_attention_report(model, docs, cfg, device, checkpoint: Path, split: st
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog=PROG,
         description="Evaluate a checkpoint on a complete split (every token once, memory carried "
         "within documents). The last printed line is one JSON object.",
         epilog="example: ct-eval outputs/audio/demo/<time>/checkpoints/last.pt split=test",
     )
-    parser.add_argument("checkpoint", type=Path, help="a .pt file written by ct-train")
-    parser.add_argument("overrides", nargs="*", help="split=valid|test, data.KEY=VALUE, eval.KEY=VALUE, trainer.device=cpu")
+    parser.add_argument("checkpoint", type=Path, metavar="CHECKPOINT", help="a .pt file written by ct-train")
+    # A default makes the overrides optional in the usage line and in errors.
+    parser.add_argument("overrides", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="split=valid|test, data.KEY=VALUE, eval.KEY=VALUE, trainer.device=cpu")
     parser.add_argument("--attention-report", action="store_true",
                         help="also write attention mass by distance (cmem, memory, segment buckets) as "
                         "attention_<split>.png and .json beside the checkpoint (same as eval.attention_report=true)")

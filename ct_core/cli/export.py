@@ -3,31 +3,48 @@
     ct-export outputs/audio/demo/<time>/checkpoints/last.pt demo.safetensors
 
 The resolved recipe travels in the file's metadata (key ``config``, JSON).
+The output must be named ``*.safetensors``; an existing file is replaced
+only with ``--force``, and a checkpoint never.
 """
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
-from ct_core.cli.common import user_errors
+from ct_core.cli.common import OneLineParser, user_errors
+from ct_core.cli.output_paths import check_output_file
+from ct_core.errors import ConfigError, UserError
 
 PROG = "ct-export"
+SUFFIX = ".safetensors"
+
+
+def export(checkpoint: Path, out: Path, force: bool) -> Path:
+    """Check ``out``, then write it; every failure is one line."""
+    from ct_core.train.checkpoint import export_safetensors
+
+    if out.suffix.lower() != SUFFIX:
+        raise ConfigError(f"OUT={out}: the export is a safetensors file; give it the {SUFFIX} suffix "
+                          f"(ct-eval and ct-sample read the .pt checkpoint itself)")
+    check_output_file(out, "OUT", replace=force, keep=[checkpoint])
+    try:
+        return export_safetensors(checkpoint, out)
+    except OSError as err:
+        raise UserError(f"OUT={out}: could not write it ({err.strerror}); nothing was changed there") from None
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog=PROG,
         description="Write the model weights of a ct-train checkpoint as a .safetensors file.",
         epilog="example: ct-export runs/demo/checkpoints/last.pt demo.safetensors",
     )
-    parser.add_argument("checkpoint", type=Path)
-    parser.add_argument("out", type=Path)
+    parser.add_argument("checkpoint", type=Path, metavar="CHECKPOINT", help="a .pt file written by ct-train")
+    parser.add_argument("out", type=Path, metavar="OUT", help=f"the file to write, named *{SUFFIX}")
+    parser.add_argument("--force", action="store_true", help="replace OUT if it exists (never a checkpoint)")
     args = parser.parse_args(argv)
     with user_errors(PROG):
-        from ct_core.train.checkpoint import export_safetensors
-
-        path = export_safetensors(args.checkpoint, args.out)
+        path = export(args.checkpoint, args.out, args.force)
         print(f"wrote {path}")
 
 

@@ -4,9 +4,9 @@ check that a checkpoint fits it. Shared by ct-train, ct-eval and ct-sample."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
-from ct_core.errors import CheckpointError, ConfigError
+from ct_core.errors import CheckpointError, ConfigError, DataError
 from ct_core.data.frontend import FrontEnd, build_frontend
 from ct_core.train.run_config import RunConfig
 
@@ -48,3 +48,19 @@ def load_model(path: Path, payload: Mapping[str, Any], cfg: RunConfig, frontend:
         first = str(err).strip().splitlines()[0]
         raise CheckpointError(f"{path}: weights do not match the checkpoint's config ({first})") from None
     return model.eval()
+
+
+def require_split(frontend: FrontEnd, split: str, alternative: str) -> Sequence[Any]:
+    """The documents of ``split``, or a one-line error when none has a token
+    to predict (an evaluation would divide by zero). The fix names the data
+    option that sizes the split where the front end has one
+    (``data.valid_fraction``); ``alternative`` is what else the user can do."""
+    docs = frontend.documents(split)
+    if any(len(doc) > 1 for doc in docs):
+        return docs
+    option = f"{split}_fraction"
+    if hasattr(frontend.cfg, option):
+        fix = f"give it data with data.{option} > 0 (now {getattr(frontend.cfg, option)})"
+    else:
+        fix = "give the corpus documents for it"
+    raise DataError(f"split {split!r} is empty ({len(docs)} documents, no token to predict); {alternative}{fix}")

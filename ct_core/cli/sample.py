@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import sys
 import time
 import types
@@ -19,14 +20,18 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from ct_core.cli.common import user_errors
+from ct_core.cli.common import OneLineParser, user_errors
+from ct_core.cli.output_paths import check_output_file, default_sample_out
 from ct_core.errors import ConfigError
 
 PROG = "ct-sample"
+#: Most tokens one call generates per stream: a larger request is a typo
+#: that would run for days (front ends state their own limits too).
+MAX_NEW_TOKENS = 10_000_000
 
 
 def common_parser(add_help: bool) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog=PROG,
         add_help=add_help,
         description="Sample from a ct-train checkpoint. Options after the checkpoint depend on its "
@@ -37,9 +42,12 @@ def common_parser(add_help: bool) -> argparse.ArgumentParser:
     )
     parser.add_argument("checkpoint", type=Path, help="a .pt file written by ct-train")
     parser.add_argument("--out", type=Path, default=None,
-                        help="output file (one stream) or folder (default: <run>/samples/)")
+                        help="output file (one stream) or folder (several streams; x.txt becomes folder x). "
+                        "Default: a new samples/sample_<date>-<time> file (one stream) or folder in the "
+                        "run folder of the checkpoint (the folder holding checkpoints/, else the checkpoint's "
+                        "own folder); never an earlier sample's name")
     parser.add_argument("--batch", type=int, default=1, help="independent streams sampled together")
-    parser.add_argument("--temperature", type=float, default=1.0, help="0 is greedy")
+    parser.add_argument("--temperature", type=float, default=1.0, help=">= 0; 0 is greedy")
     parser.add_argument("--top-k", type=int, default=None, help="sample among the k most likely (1: greedy)")
     parser.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass, e.g. 0.95")
     parser.add_argument("--seed", type=int, default=0)
@@ -66,6 +74,19 @@ def request_from_args(request_cls: type, args: argparse.Namespace) -> Any:
     return request
 
 
+def check_options(args: argparse.Namespace) -> None:
+    """One-line errors for the front-end-independent options."""
+    if args.batch < 1:
+        raise ConfigError(f"--batch {args.batch}: must be at least 1")
+    # `not x >= 0` also refuses NaN; infinity would divide every logit to 0.
+    if not (args.temperature >= 0 and math.isfinite(args.temperature)):
+        raise ConfigError(f"--temperature {args.temperature}: must be a number >= 0 (0 is greedy)")
+    if args.top_p is not None and not 0.0 < args.top_p <= 1.0:
+        raise ConfigError(f"--top-p {args.top_p}: must lie in (0, 1]")
+    if args.top_k is not None and args.top_k < 1:
+        raise ConfigError(f"--top-k {args.top_k}: must be at least 1")
+
+
 def run(argv: list[str]) -> list[Path]:
     import numpy as np
     import torch
@@ -83,43 +104,65 @@ def run(argv: list[str]) -> list[Path]:
     add_request_arguments(parser, request_cls)
     args = parser.parse_args(argv)
     request = request_from_args(request_cls, args)
-    if args.batch < 1:
-        raise ConfigError(f"--batch={args.batch} must be at least 1")
-    if args.top_p is not None and not 0.0 < args.top_p <= 1.0:
-        raise ConfigError(f"--top-p={args.top_p} must lie in (0, 1]")
-    if args.top_k is not None and args.top_k < 1:
-        raise ConfigError(f"--top-k={args.top_k} must be at least 1")
+    check_options(args)
 
     cfg, frontend = build_run(payload["config"], payload["frontend"])
     device = resolve_device(args.device, option="--device ")
+    n_new = frontend.num_new_tokens(request)
+    if n_new > MAX_NEW_TOKENS:
+        raise ConfigError(f"{n_new:,} new tokens per stream asked for; at most {MAX_NEW_TOKENS:,} per call")
+    # The destination is checked before any sampling, so a bad --out costs nothing.
+    out = args.out if args.out is not None else default_sample_out(args.checkpoint)
+    if args.out is None and args.batch == 1:
+        out = out.with_suffix(frontend.sample_suffix)
+    targets = frontend.sample_paths(out, args.batch)
+    for target in targets:
+        check_output_file(target, "--out", replace=True, keep=[args.checkpoint])
     model = load_model(args.checkpoint, payload, cfg, frontend).to(device)
     prompt = np.asarray(frontend.encode_prompt(request), dtype=np.int64)
+    # Without a prompt, generation starts from the front end's start token,
+    # which is not part of the sample (an audio file holds exactly --seconds).
+    skip = 0
     if prompt.size == 0:
-        prompt = np.array([frontend.start_token()], dtype=np.int64)
-    n_new = frontend.num_new_tokens(request)
+        prompt, skip = np.array([frontend.start_token()], dtype=np.int64), 1
     prompt_t = torch.as_tensor(prompt, device=device)[None, :].repeat(args.batch, 1)  # [B, P]
     generator = torch.Generator(device=device).manual_seed(args.seed)
     memory = model.empty_memory(args.batch, cfg.eval_mem_len, cfg.eval_cmem_len, device=device)
 
     # Text streams to the terminal as it is drawn; audio shows a progress bar.
     stream = args.batch == 1 and frontend.stream_text(np.zeros(0, dtype=np.int64)) is not None
+    drawn: list[torch.Tensor] = []  # new token columns [B], kept if sampling is interrupted
 
-    def show(column: torch.Tensor) -> None:
-        sys.stdout.write(frontend.stream_text(column.cpu().numpy()) or "")
-        sys.stdout.flush()
+    def take(column: torch.Tensor) -> None:
+        drawn.append(column)
+        if stream:
+            sys.stdout.write(frontend.stream_text(column.cpu().numpy()) or "")
+            sys.stdout.flush()
 
     if stream:
         sys.stdout.write(frontend.stream_text(prompt) or "")
     start = time.perf_counter()
-    with autocast_context(device, cfg.trainer.precision):
-        tokens = generate(model, prompt_t, n_new, temperature=args.temperature, top_k=args.top_k,
-                          top_p=args.top_p, generator=generator, memory=memory,
-                          callback=show if stream else None, progress=not stream)
+    interrupted = False
+    try:
+        with autocast_context(device, cfg.trainer.precision):
+            generate(model, prompt_t, n_new, temperature=args.temperature, top_k=args.top_k,
+                     top_p=args.top_p, generator=generator, memory=memory, callback=take, progress=not stream)
+    except KeyboardInterrupt:
+        interrupted = True
     seconds = time.perf_counter() - start
     if stream:
         sys.stdout.write("\n")
-    out = args.out if args.out is not None else args.checkpoint.resolve().parent.parent / "samples"
-    paths = frontend.decode(tokens.cpu().numpy(), out, prompt_len=prompt.size)
+    if interrupted and not drawn:
+        print(f"{PROG}: interrupted before the first token; nothing written", file=sys.stderr)
+        sys.exit(130)
+    new = [torch.stack(drawn, dim=1).to(prompt_t.dtype)] if drawn else []  # --tokens 0 draws none
+    tokens = torch.cat([prompt_t, *new], dim=1)[:, skip:]  # [B, P + N]
+    paths = frontend.decode(tokens.cpu().numpy(), out, prompt_len=prompt.size - skip)
+    if interrupted:
+        where = targets[0] if len(targets) == 1 else targets[0].parent
+        print(f"{PROG}: interrupted: wrote {len(drawn):,} of {n_new:,} tokens per stream (partial) to {where}",
+              file=sys.stderr)
+        sys.exit(130)
     print(frontend.speed_summary(n_new, args.batch, seconds), file=sys.stderr)
     for path in paths:
         print(f"wrote {path}", file=sys.stderr)

@@ -12,14 +12,19 @@ command line in Hydra syntax::
 
 from __future__ import annotations
 
-import json
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
 
-from ct_core.cli.common import compose_recipe, recipes_dir, user_errors
+from ct_core.cli.common import compose_recipe, json_line, recipes_dir, user_errors
+from ct_core.cli.run_dir import RUN_DIR_KEY, claim_run_dir, given_run_dir, planned_run_dir
+from ct_core.train.stop_requests import TrainingStopped
 
 PROG = "ct-train"
+#: Flags the pre-run checks understand; any other flag (--cfg, -m, --help)
+#: goes to Hydra unchecked.
+CONFIG_DIR_FLAGS = ("--config-dir", "-cd")
 
 
 def train_from_config(raw: dict[str, Any], run_dir: Path) -> dict[str, float]:
@@ -27,7 +32,7 @@ def train_from_config(raw: dict[str, Any], run_dir: Path) -> dict[str, float]:
     from ct_core.train.checkpoint import load_checkpoint
     from ct_core.train.distributed import init_distributed, run_on_local_leader, shutdown
     from ct_core.errors import CheckpointError
-    from ct_core.cli.run_setup import build_run, check_compatible
+    from ct_core.cli.run_setup import build_run, check_compatible, require_split
     from ct_core.train.trainer import Trainer
 
     from ct_core.train.runtime import device_kind
@@ -35,14 +40,18 @@ def train_from_config(raw: dict[str, Any], run_dir: Path) -> dict[str, float]:
     ctx = init_distributed(device_kind(str((raw.get("trainer") or {}).get("device", "auto"))))
     try:
         cfg, frontend = build_run(raw)
+        claim_run_dir(run_dir, cfg.resume, cfg.trainer.overwrite)
         # Local rank 0 of each node prepares (and caches) the data, the
         # node's other ranks wait for it as long as it takes, then find it ready.
         run_on_local_leader(ctx, lambda: frontend.prepare(progress=True))
+        require_split(frontend, "train", "")
+        require_split(frontend, "valid", "ct-train evaluates on it: ")
         trainer = Trainer(cfg, frontend, run_dir, ctx)
         if cfg.resume:
             path = trainer.checkpoints.latest() if cfg.resume == "auto" else Path(cfg.resume)
             if path is None:
                 trainer.logger.message(f"resume=auto: no checkpoint in {trainer.checkpoints.dir} yet, starting fresh")
+                trainer.logger.truncate_after(0)  # rows of a run killed before its first checkpoint
             else:
                 payload = load_checkpoint(path, for_resume=True, mmap=True)  # read once, mapped
                 check_compatible(path, payload["config"], cfg.raw)
@@ -66,12 +75,12 @@ def _report(trainer, metrics: dict[str, float], run_dir: Path) -> None:
     lines = [f"checkpoint: {ckpt}"]
     n = trainer.cfg.trainer.sample_tokens
     if n > 0:
-        tokens = trainer.sample(n)  # [sample_batch, 1 + n]
-        paths = trainer.frontend.decode(tokens, run_dir / "samples" / f"step_{trainer.step:08d}", prompt_len=1)
+        tokens = trainer.sample(n)[:, 1:]  # [sample_batch, n]: the start token is not part of the sample
+        paths = trainer.frontend.decode(tokens, run_dir / "samples" / f"step_{trainer.step:08d}", prompt_len=0)
         lines += [f"sample: {p}" for p in paths]
     shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}
-    lines.append(f"valid: {json.dumps(shown)}")
-    lines.append(f"next: ct-sample {ckpt} --out {run_dir / 'samples'}")
+    lines.append(f"valid: {json_line(shown)}")
+    lines.append(f"next: ct-sample {ckpt}")  # writes a new samples/sample_<time> in this run
     lines.append(f"      ct-eval {ckpt} split=test")
     print("\n".join(lines), flush=True)
 
@@ -84,19 +93,65 @@ def _hydra_entry() -> None:
     @hydra.main(version_base="1.3", config_path=str(recipes_dir()), config_name="config")
     def run(cfg) -> None:
         raw = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+        run_dir = Path(HydraConfig.get().runtime.output_dir)
         with user_errors(PROG):
-            train_from_config(raw, Path(HydraConfig.get().runtime.output_dir))
+            try:
+                train_from_config(raw, run_dir)
+            except TrainingStopped as stopped:
+                print(f"{PROG}: {stopped}\ncontinue with: {continue_command(run_dir)}", file=sys.stderr, flush=True)
+                sys.exit(stopped.exit_code)
 
     run()
 
 
+def continue_command(run_dir: Path) -> str:
+    """This command line, made to resume in ``run_dir``."""
+    kept = [a for a in sys.argv[1:] if a.partition("=")[0].lstrip("+") not in ("resume", RUN_DIR_KEY)]
+    return shlex.join([PROG, *kept, f"{RUN_DIR_KEY}={run_dir}", "resume=auto"])
+
+
+def split_command_line(argv: list[str]) -> tuple[list[str], str | None, bool]:
+    """``(overrides, --config-dir, other flags present)``."""
+    overrides, config_dir, other = [], None, False
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        name, eq, value = arg.partition("=")
+        if name in CONFIG_DIR_FLAGS:
+            config_dir = value if eq else (argv[i + 1] if i + 1 < len(argv) else None)
+            i += 1 if eq else 2
+            continue
+        if arg.startswith("-"):
+            other = True
+        else:
+            overrides.append(arg)
+        i += 1
+    return overrides, config_dir, other
+
+
+def check_before_hydra(overrides: list[str], config_dir: str | None) -> Path:
+    """Everything that can fail before Hydra writes ``.hydra/`` into the run
+    directory: the recipe and every option, then the directory itself
+    (writable, not in use, not an earlier run unless resumed or
+    overwritten). Returns the run directory."""
+    from ct_core.cli.run_setup import build_run
+
+    # One line for a mistyped key, not Hydra's multi-line report.
+    raw = compose_recipe(overrides, PROG, config_dir)
+    cfg, _ = build_run(raw)
+    run_dir = planned_run_dir(overrides, config_dir)
+    claim_run_dir(run_dir, cfg.resume, cfg.trainer.overwrite)
+    return run_dir
+
+
 def main() -> None:
-    argv = sys.argv[1:]
-    if not any(a.startswith("-") for a in argv):
-        # Validate overrides first so that a mistyped key is one line, not
-        # Hydra's multi-line report.
+    overrides, config_dir, other_flags = split_command_line(sys.argv[1:])
+    if not other_flags:
         with user_errors(PROG):
-            compose_recipe(argv, PROG)
+            run_dir = check_before_hydra(overrides, config_dir)
+        if given_run_dir(overrides) is None:
+            # Hydra must use the directory that was checked, not a new time stamp.
+            sys.argv.append(f"{RUN_DIR_KEY}='{run_dir}'")
     _hydra_entry()
 
 

@@ -81,6 +81,8 @@ class FrontEnd(abc.ABC):
     name: ClassVar[str]
     Config: ClassVar[type]
     SampleRequest: ClassVar[type[SampleRequest]] = SampleRequest
+    #: Suffix of the file :meth:`decode` writes per stream.
+    sample_suffix: ClassVar[str] = ".txt"
 
     def __init__(self, cfg: Any, state: Mapping[str, Any] | None = None) -> None:
         self.cfg = cfg
@@ -138,10 +140,24 @@ class FrontEnd(abc.ABC):
     def num_new_tokens(self, request: Any) -> int:
         """How many tokens ``request`` asks for after the prompt."""
 
+    def sample_paths(self, out: Path, batch: int) -> list[Path]:
+        """The files :meth:`decode` writes for ``batch`` streams at ``out``,
+        known before sampling so that the destination can be checked first.
+        One stream and a file name (with a suffix): that file. Otherwise a
+        folder: ``out`` less its suffix (``x.txt`` with two streams is folder
+        ``x``, never a folder named like a file) or an existing folder as
+        is, holding ``sample_000<suffix>``, ``sample_001<suffix>``, ...
+        A front end refuses names it cannot write with a one-line error."""
+        out = Path(out)
+        if batch == 1 and out.suffix and not out.is_dir():
+            return [out]
+        folder = out if out.is_dir() else out.with_suffix("")
+        return [folder / f"sample_{i:03d}{self.sample_suffix}" for i in range(batch)]
+
     @abc.abstractmethod
     def decode(self, tokens: np.ndarray, out: Path, prompt_len: int) -> list[Path]:
-        """Write ``tokens`` ``[B, P + N]`` (prompt included) as files under or
-        at ``out`` (a file for one stream, else a folder) and return them."""
+        """Write ``tokens`` ``[B, P + N]`` (prompt included) as the files
+        :meth:`sample_paths` names for ``out`` and return what was written."""
 
     def stream_text(self, new_tokens: np.ndarray) -> str | None:
         """Text to print while sampling a single stream, for ``new_tokens``

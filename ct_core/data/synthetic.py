@@ -65,6 +65,8 @@ class SyntheticConfig:
             raise ConfigError(f"{key('max_len')}={self.max_len} must be >= {key('min_len')}={self.min_len}")
         if not 4 <= self.vocab_size <= 2**31 - 1:
             raise ConfigError(f"{key('vocab_size')}={self.vocab_size} must lie in [4, 2^31)")
+        if self.seed < 0:
+            raise ConfigError(f"{key('seed')}={self.seed} must be an integer >= 0")
         if self.kind not in KINDS:
             raise ConfigError(f"{key('kind')}={self.kind!r} is unknown; allowed: {', '.join(KINDS)}")
         if self.kind == "recall":
@@ -196,16 +198,19 @@ class SyntheticFrontEnd(FrontEnd):
     def num_new_tokens(self, request: SyntheticSampleRequest) -> int:
         return request.tokens
 
-    def decode(self, tokens: np.ndarray, out: Path, prompt_len: int) -> list[Path]:
-        """One line of space-separated ids per stream (prompt included):
-        ``out`` (``.txt`` added when it has no suffix) for one stream, else
-        ``out/sample_XX.txt``."""
-        rows = np.atleast_2d(np.asarray(tokens))  # [B, P + N]
+    def sample_paths(self, out: Path, batch: int) -> list[Path]:
+        """As the base class, except that one stream and a name without a
+        suffix is that name plus ``.txt``."""
         out = Path(out)
-        if len(rows) == 1:
-            paths = [out if out.suffix else out.with_suffix(".txt")]
-        else:
-            paths = [out / f"sample_{i:02d}.txt" for i in range(len(rows))]
+        if batch == 1 and not out.suffix and not out.is_dir():
+            return [out.with_suffix(".txt")]
+        return super().sample_paths(out, batch)
+
+    def decode(self, tokens: np.ndarray, out: Path, prompt_len: int) -> list[Path]:
+        """One line of space-separated ids per stream (prompt included), in
+        the files :meth:`sample_paths` names."""
+        rows = np.atleast_2d(np.asarray(tokens))  # [B, P + N]
+        paths = self.sample_paths(out, len(rows))
         for path, row in zip(paths, rows):
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(" ".join(str(int(t)) for t in row) + "\n")

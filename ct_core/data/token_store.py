@@ -8,7 +8,9 @@ Layout of a store directory::
 
 A store is written into a temporary sibling directory and renamed into place
 only when complete, so an interrupted preparation never leaves a store that
-looks finished; a later run simply prepares again.
+looks finished; a later run simply prepares again. Front ends prepare under
+:func:`store_lock`, so that two processes asking for the same store at once
+prepare it once: the second waits, then finds it ready.
 
 Example::
 
@@ -21,17 +23,26 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 import numpy as np
 
 from ct_core.errors import DataError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no lock, concurrent preparations may both write
+    fcntl = None  # type: ignore[assignment]
+
+log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 
@@ -54,6 +65,34 @@ def token_dtype(vocab_size: int) -> np.dtype:
     if vocab_size <= 65536:
         return np.dtype(np.uint16)
     return np.dtype(np.int32)
+
+
+@contextlib.contextmanager
+def store_lock(path: Path) -> Iterator[None]:
+    """Hold the preparation lock of the store at ``path`` (``flock`` on
+    ``.<name>.lock`` beside it) for the ``with`` block. Check whether the
+    store exists inside the block: another process may have just finished
+    it. The operating system releases the lock of a process that dies, and
+    the temporary folders such a process left are removed here."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if fcntl is None:
+        yield
+        return
+    fd = os.open(path.parent / f".{path.name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.warning("waiting for another process that prepares %s", path)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        # Writers of this store hold the lock, so any temporary folder of it is a dead one's.
+        for stale in path.parent.glob(f".{path.name}.*"):
+            if stale.is_dir():
+                shutil.rmtree(stale, ignore_errors=True)
+        yield
+    finally:
+        os.close(fd)
 
 
 class TokenStoreWriter:

@@ -54,6 +54,7 @@ import torch
 from safetensors.torch import save_file
 
 from ct_core.errors import CheckpointError, ConfigError
+from ct_core.train.checkpoint_diagnosis import foreign_format, why_unreadable
 
 FORMAT_VERSION = 1
 #: keys every checkpoint has; enough for ct-eval, ct-sample and export
@@ -157,11 +158,13 @@ def load_checkpoint(path: Path, map_location: Any = "cpu", for_resume: bool = Fa
         raise CheckpointError(f"{path}: is a directory; pass a checkpoint file such as {path / LAST}")
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint; pass a .pt file from <run>/checkpoints/")
+    foreign = foreign_format(path)
+    if foreign:
+        raise CheckpointError(f"{path}: not a readable checkpoint: {foreign}")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as err:  # torch raises several types for damaged files
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
-        raise CheckpointError(f"{path}: not a readable checkpoint ({reason}); it may be damaged or not a checkpoint") from None
+        raise CheckpointError(f"{path}: not a readable checkpoint: {why_unreadable(path, err)}") from None
     if not isinstance(payload, dict):
         raise CheckpointError(f"{path}: not a checkpoint of this package (holds a {type(payload).__name__}, not a dict)")
     required = REQUIRED_KEYS + (TRAINING_KEYS if for_resume else ())
@@ -217,19 +220,36 @@ class CheckpointManager:
         return sorted(found)
 
     def save(self, step: int, payload: dict[str, Any]) -> Path:
-        """Write the step file, point ``last.pt`` at it, prune old step files."""
+        """Write the step file, point ``last.pt`` at it, prune old step files.
+
+        A write that fails (disk full, file too large, an I/O error) leaves
+        the earlier files as they were, no temporary file, and raises a
+        one-line :class:`CheckpointError` naming the newest complete
+        checkpoint; the caller stops there rather than retrying."""
         path = self.step_path(step)
-        save_checkpoint(path, payload)
-        with _atomic_path(self.last_path) as tmp:
-            tmp.unlink()
-            try:
-                os.link(path, tmp)
-            except OSError:  # no hard links here (some network or Windows file systems)
-                shutil.copyfile(path, tmp)
+        try:
+            save_checkpoint(path, payload)
+            with _atomic_path(self.last_path) as tmp:
+                tmp.unlink()
+                try:
+                    os.link(path, tmp)
+                except OSError:  # no hard links here (some network or Windows file systems)
+                    shutil.copyfile(path, tmp)
+        except OSError as err:
+            raise CheckpointError(f"saving {path} failed ({err.strerror}); {self._newest()}; "
+                                  "make room and continue with resume=auto") from None
         step_files = self.step_files()
         for _, old in step_files[: max(len(step_files) - self.keep_last, 0)]:
             old.unlink(missing_ok=True)
         return path
+
+    def _newest(self) -> str:
+        """``newest complete checkpoint: <path> (step N)``, for messages."""
+        newest = self.latest()
+        if newest is None:
+            return "no complete checkpoint yet"
+        step = next((k for k, p in self.step_files() if p == newest or os.path.samefile(p, newest)), None)
+        return f"newest complete checkpoint: {newest}" + (f" (step {step})" if step is not None else "")
 
     def latest(self) -> Path | None:
         """The checkpoint to resume from: ``last.pt`` if complete, else the

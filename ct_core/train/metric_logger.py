@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -48,6 +49,14 @@ def format_duration(seconds: float) -> str:
 def _number(value: Any) -> Any:
     """A Python number from a metric (tensors and numpy scalars via item())."""
     return value.item() if hasattr(value, "item") else value
+
+
+def _step_of(line: str) -> float:
+    """The step of a metrics.jsonl row; infinity for a damaged line."""
+    try:
+        return float(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return math.inf
 
 
 def _json_value(value: Any) -> Any:
@@ -76,19 +85,43 @@ class MetricLogger:
         self.stream = stream if stream is not None else sys.stderr
         self.writer: Any = None  # torch.utils.tensorboard.SummaryWriter
         self._jsonl: TextIO | None = None
+        self._run_dir: Path | None = None
         self._bar: tqdm | None = None
         self._first: tuple[int, float] | None = None  # (step, time) of the first progress call
         self._tty = bool(getattr(self.stream, "isatty", lambda: False)())
         self._loss = math.nan  # the last loss shown
         if not enabled or run_dir is None:
             return
-        run_dir = Path(run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        self._jsonl = open(run_dir / "metrics.jsonl", "a", encoding="utf-8")
+        self._run_dir = Path(run_dir)
+        self._run_dir.mkdir(parents=True, exist_ok=True)
+        self._jsonl = open(self._run_dir / "metrics.jsonl", "a", encoding="utf-8")
+        self._open_writer()
+
+    def _open_writer(self, purge_step: int | None = None) -> None:
         # Imported here: tensorboard is slow to import and only rank 0 needs it.
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(str(run_dir / "tb"), flush_secs=30)
+        self.writer = SummaryWriter(str(self._run_dir / "tb"), flush_secs=30, purge_step=purge_step)
+
+    def truncate_after(self, step: int) -> None:
+        """Forget what was logged after ``step``: a run resumed from a
+        checkpoint of that step logs the later steps again, and each must
+        appear once. Rows of ``metrics.jsonl`` with a larger step (and a
+        line cut short by a killed process) are dropped; TensorBoard hides
+        its events past ``step``."""
+        if self._jsonl is None or self._run_dir is None:
+            return
+        path = self._run_dir / "metrics.jsonl"
+        self._jsonl.close()
+        kept = [line for line in path.read_text(encoding="utf-8").splitlines(keepends=True)
+                if line.endswith("\n") and _step_of(line) <= step]
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text("".join(kept), encoding="utf-8")
+        os.replace(tmp, path)
+        self._jsonl = open(path, "a", encoding="utf-8")
+        if self.writer is not None:
+            self.writer.close()
+            self._open_writer(purge_step=step + 1)
 
     def log(self, step: int, metrics: Mapping[str, Any], split: str = "train") -> None:
         """Record ``metrics`` of ``split`` at ``step`` in both sinks."""

@@ -15,6 +15,7 @@ comes from the data front end.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
@@ -25,6 +26,8 @@ from ct_core.options import build_options, section_key
 OPTIMIZERS = ("adam", "adamw")
 PRECISIONS = ("auto", "fp32", "bf16")
 ATTENTION_BACKENDS = ("auto", "sdpa", "flex")
+#: What trainer.device may say (whether the machine has it is checked when the run starts).
+DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 SECTIONS = ("model", "memory", "compression", "data", "optim", "trainer", "eval", "experiment_name", "resume")
 
 
@@ -106,6 +109,9 @@ class TrainerConfig:
     eval_sample_tokens: int = 0  # tokens sampled for TensorBoard at each evaluation; 0 = none
     sample_batch: int = 2
     threads: int | None = None  # CPU threads for torch; None = torch's default
+    # Train in a run directory that holds an earlier run (deleting its
+    # checkpoints, metrics and events) instead of refusing to.
+    overwrite: bool = False
 
     def validate(self, key: Callable[[str], str] = section_key("trainer")) -> None:
         _check(self, key, ("steps", "batch_size", "grad_accum", "update_every", "log_every", "eval_every",
@@ -113,10 +119,14 @@ class TrainerConfig:
         _check(self, key, ("update_every_after", "keep_last", "sample_tokens", "eval_sample_tokens"),
                lambda v: v >= 0, "an integer >= 0")
         _check(self, key, ("eval_max_batches", "threads"), _positive, "a positive integer", optional=True)
+        # numpy's global generator takes seeds in [0, 2^32).
+        _check(self, key, ("seed",), lambda v: 0 <= v < 2**32, "an integer in [0, 2^32)")
         if self.batch_size % self.grad_accum:
             raise ConfigError(
                 f"{key('batch_size')}={self.batch_size} must be divisible by {key('grad_accum')}={self.grad_accum}"
             )
+        if not DEVICE.fullmatch(self.device):
+            raise ConfigError(f"{key('device')}={self.device!r} is not a device; use auto, cpu, cuda or cuda:N")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"{key('precision')}={self.precision!r} is unknown; allowed: {', '.join(PRECISIONS)}")
         if self.attention_backend not in ATTENTION_BACKENDS:
@@ -138,8 +148,7 @@ class EvalConfig:
 
     def validate(self, key: Callable[[str], str] = section_key("eval")) -> None:
         _check(self, key, ("batch_size",), _positive, "a positive integer")
-        _check(self, key, ("mem_len", "cmem_len"), lambda v: v >= 0, "an integer >= 0 (null: as in training)",
-               optional=True)
+        _check(self, key, ("mem_len", "cmem_len"), lambda v: v >= 0, "an integer >= 0", optional=True)
 
 
 @dataclass

@@ -56,6 +56,7 @@ from ct_core.train.prefetch import BatchPrefetcher
 from ct_core.train.run_config import RunConfig
 from ct_core.train.runtime import (attention_backend, autocast_context, configure_torch, resolve_device,
                                    seed_everything)
+from ct_core.train.stop_requests import StopRequests, TrainingStopped
 from ct_core.model.sampling import generate
 from ct_core.data.stream_batcher import IGNORE_INDEX, StreamBatcher
 
@@ -168,6 +169,7 @@ class Trainer:
         self.scheduler.load_state_dict(payload["scheduler"])
         self.batches.load_state_dict(payload["batcher"])
         self.step, self.tokens_seen = int(payload["step"]), int(payload["tokens_seen"])
+        self.logger.truncate_after(self.step)  # the steps after the checkpoint are trained again
         ranks = payload.get("ranks") or [{"memory": payload["memory"], "rng": payload["rng"]}]
         mine = ranks[self.ctx.rank] if len(ranks) == self.ctx.world_size else None
         if mine is None:
@@ -271,7 +273,13 @@ class Trainer:
 
     def fit(self) -> dict[str, float]:
         """Train to ``trainer.steps``; returns the final evaluation metrics.
-        Final samples (``trainer.sample_tokens``) are the caller's to write."""
+        Final samples (``trainer.sample_tokens``) are the caller's to write.
+        Ctrl-C or SIGTERM finish the current step, save, and raise
+        :class:`~ct_core.train.stop_requests.TrainingStopped`."""
+        with StopRequests() as stop:
+            return self._fit(stop)
+
+    def _fit(self, stop: StopRequests) -> dict[str, float]:
         t = self.cfg.trainer
         self.logger.message(
             f"{self.model.num_parameters():,} parameters | {t.batch_size} lanes x {self.cfg.model.seq_len} tokens "
@@ -279,6 +287,10 @@ class Trainer:
         )
         bad_in_row, window_tokens, window_start, rate = 0, 0.0, time.perf_counter(), None
         while self.step < t.steps:
+            if stop.requested(self.ctx, self.device):
+                self.save()
+                self.logger.close()
+                raise TrainingStopped(stop.signal_name, stop.signum, self.step, self.checkpoints.last_path)
             stats = self.train_step()
             if stats is None:
                 bad_in_row += 1
@@ -302,6 +314,7 @@ class Trainer:
             if self.step % t.save_every == 0 and self.step < t.steps:
                 self.save()
         self.save()
+        stop.release()  # the final checkpoint is written: a signal now stops the evaluation at once
         final = self._evaluate_and_log(None if t.final_eval else t.eval_max_batches)
         self.logger.close()
         return final

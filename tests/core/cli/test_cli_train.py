@@ -33,7 +33,7 @@ def test_train_writes_checkpoint_metrics_and_events_and_loss_falls(smoke_run):
     assert any(x["split"] == "valid" and "bits_per_token" in x for x in lines)
     assert "next: ct-sample" in proc.stdout
     samples = list((run_dir / "samples").rglob("*.txt"))
-    assert len(samples) == 2 and all(len(p.read_text().split()) == 17 for p in samples)
+    assert len(samples) == 2 and all(len(p.read_text().split()) == 16 for p in samples)
 
 
 def test_eval_prints_metrics_and_writes_json(smoke_run):
