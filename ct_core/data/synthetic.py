@@ -69,17 +69,17 @@ class SyntheticConfig:
             raise ConfigError(f"{key('seed')}={self.seed} must be an integer >= 0")
         if self.kind not in KINDS:
             raise ConfigError(f"{key('kind')}={self.kind!r} is unknown; allowed: {', '.join(KINDS)}")
-        if self.kind == "recall":
-            self._validate_recall(key)
-        return self
-
-    def _validate_recall(self, key: Callable[[str], str]) -> None:
         for name in ("recall_slots", "recall_symbols", "recall_write_len", "recall_gap_min"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{key(name)}={getattr(self, name)} must be a positive integer")
         if self.recall_gap_max < self.recall_gap_min:
             raise ConfigError(f"{key('recall_gap_max')}={self.recall_gap_max} must be >= "
                               f"{key('recall_gap_min')}={self.recall_gap_min}")
+        if self.kind == "recall":
+            self._validate_recall_vocabulary(key)
+        return self
+
+    def _validate_recall_vocabulary(self, key: Callable[[str], str]) -> None:
         n_filler = filler_size(self.vocab_size, self.recall_slots, self.recall_symbols)
         if n_filler < 2:
             raise ConfigError(

@@ -26,6 +26,8 @@ from ct_core.options import build_options, section_key
 OPTIMIZERS = ("adam", "adamw")
 PRECISIONS = ("auto", "fp32", "bf16")
 ATTENTION_BACKENDS = ("auto", "sdpa", "flex")
+#: torch.compile backends a run may name (aot_eager and eager compile fast, for tests and debugging).
+COMPILE_BACKENDS = ("inductor", "aot_eager", "eager", "cudagraphs")
 #: What trainer.device may say (whether the machine has it is checked when the run starts).
 DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 SECTIONS = ("model", "memory", "compression", "data", "optim", "trainer", "eval", "experiment_name", "resume")
@@ -132,9 +134,9 @@ class TrainerConfig:
         if self.attention_backend not in ATTENTION_BACKENDS:
             raise ConfigError(f"{key('attention_backend')}={self.attention_backend!r} is unknown; allowed: "
                               f"{', '.join(ATTENTION_BACKENDS)}")
-        if not self.compile_backend:
-            raise ConfigError(f"{key('compile_backend')}={self.compile_backend!r} must name a torch.compile "
-                              "backend, e.g. inductor or aot_eager")
+        if self.compile_backend not in COMPILE_BACKENDS:
+            raise ConfigError(f"{key('compile_backend')}={self.compile_backend!r} is unknown; allowed: "
+                              f"{', '.join(COMPILE_BACKENDS)}")
 
 
 @dataclass
