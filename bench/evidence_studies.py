@@ -112,7 +112,7 @@ def shakespeare_study(size: str, data: Path) -> Study:
                        "slots; seq_len 128; validation = the last 10% of the file (nanoGPT's split).")
     for seed in _seeds(size):
         study.runs += [
-            RunSpec("ct", experiment, base, seed),
+            RunSpec("ct", experiment, (*base, "compression=conv_attention"), seed),
             RunSpec("ct_mean_pool", experiment, (*base, "compression=mean_pool"), seed),
             RunSpec("txl", experiment, (*base, *TXL_SHAKESPEARE), seed),
         ]
@@ -172,9 +172,7 @@ def ablation_study(size: str, data: Path) -> Study:
     study = Study("ablation", "Compression functions and losses (the paper's Table 5), tiny-shakespeare bytes",
                   "bpc", note="As the shakespeare comparison's CT; only the compression choice changes.")
     for seed in range(2):
-        study.runs += [RunSpec(choice, experiment, (*base, *(() if choice == "conv_attention" else
-                                                            (f"compression={choice}",))), seed)
-                       for choice in ABLATION]
+        study.runs += [RunSpec(choice, experiment, (*base, f"compression={choice}"), seed) for choice in ABLATION]
     return study
 
 
@@ -182,7 +180,8 @@ def attention_study(size: str, data: Path) -> Study:
     """Seed 0 of the shakespeare CT (the speech CT's report is in the speech study)."""
     base, experiment = shakespeare_runs(size, data)
     study = Study("attention", "Attention by distance", "bpc")
-    study.runs.append(RunSpec("ct", experiment, base, 0, eval_split="valid", attention_report=True))
+    study.runs.append(RunSpec("ct", experiment, (*base, "compression=conv_attention"), 0, eval_split="valid",
+                              attention_report=True))
     return study
 
 
