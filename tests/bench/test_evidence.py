@@ -75,3 +75,24 @@ def test_every_comparison_is_at_equal_attention_cost(size, tmp_path):
             assert raw["trainer"]["seed"] == spec.seed
         assert len({frozenset(v) for v in shapes.values()}) == 1, (study.name, shapes)
         assert all(len({spec.seed for spec in study.runs if spec.label == label}) >= 2 for label in shapes)
+
+
+def test_race_scales_nanogpt_to_this_machine(tmp_path, monkeypatch):
+    """nanoGPT's 133 s was measured elsewhere: a command timed on both machines
+    scales it, and the verdict compares against the scaled time."""
+    timed = {"race_shakespeare_cpu": (80.0, 1.82), "race_calibration": (118.2, 1.74)}
+
+    def fake(run_dir, data, overrides):
+        seconds, nats = timed[run_dir.name]
+        assert (run_dir.name == "race_calibration") == bool(overrides)
+        return {"command": "ct-train ...", "seconds": seconds, "valid_nats": nats, "valid_bpc": None}
+
+    monkeypatch.setattr(evidence, "timed_shakespeare", fake)
+    result = evidence.race(tmp_path, tmp_path, {"done": 0, "total": 1})
+    assert result["nanogpt"]["seconds_here"] == 79.8 and result["calibration"]["scale"] == 0.6
+    block = evidence_report.race_block(result)
+    assert "| 80 s (scaled; 133 s measured on 2 EPYC cores) | 1.886 nats/char |" in block
+    assert "**Not** both faster and lower" in block  # 80 s is under 133 s but over the scaled 79.8 s
+    timed["race_shakespeare_cpu"] = (60.0, 1.82)
+    assert "Within nanoGPT's wall clock" in evidence_report.race_block(evidence.race(tmp_path, tmp_path,
+                                                                                        {"done": 0, "total": 1}))
