@@ -17,10 +17,17 @@ from tests.conftest import run_cli, script
 from tests.reliability.conftest import SMOKE
 
 
+def _ctrl_c_as_in_a_terminal() -> None:
+    # A test run started in the background (``pytest &``) ignores SIGINT, and
+    # so would its children: Python then never turns Ctrl-C into
+    # KeyboardInterrupt. The commands are tested as a terminal starts them.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start(name: str, *args: str, cwd) -> subprocess.Popen:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    return subprocess.Popen(script(name) + list(args), cwd=cwd, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return subprocess.Popen(script(name) + list(args), cwd=cwd, env=env, text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, preexec_fn=_ctrl_c_as_in_a_terminal)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
