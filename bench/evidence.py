@@ -1,7 +1,7 @@
 """The evidence study: does compression earn its keep at equal attention cost?
 
     python -m bench.evidence --quick          # reduced, under 30 minutes on 2 CPU cores
-    python -m bench.evidence                  # the CPU study behind docs/results.md (about 2 hours)
+    python -m bench.evidence                  # the CPU study behind docs/results.md (about 2¼ hours)
     python -m bench.evidence --full           # the same comparisons at the GPU recipes' sizes
 
 Each run is a real ``ct-train`` (and ``ct-eval``) command in a subprocess, so
@@ -220,11 +220,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"skipping race: {missing_data(Study('race', '', ''), data)}", flush=True)
         with_race = False
     progress = {"done": 0, "total": sum(len(s.runs) for s in ready) + int(with_race)}
-    start = time.perf_counter()
     results = {study.name: {"study": study, "runs": run_study(study, out, progress)} for study in ready}
     race_result = race(out, data, progress) if with_race else None
-    report = write_report(results, race_result, size=size, out=out, write_docs=args.write_docs,
-                          seconds=time.perf_counter() - start)
+    report = write_report(results, race_result, size=size, out=out, write_docs=args.write_docs)
     print(f"report: {report}", flush=True)
 
 

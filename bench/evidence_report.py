@@ -149,7 +149,7 @@ def attention_block(results: dict[str, Any], figures: Path) -> str:
             if not report:
                 continue
             png = Path(report["png"])
-            target = figures / f"attention_{name}.png"
+            target = figures / f"attention_{'shakespeare' if name == 'attention' else name}.png"
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(png, target)
             layers = report.get("mean_by_region", {})
@@ -181,19 +181,32 @@ def race_block(race: dict[str, Any] | None) -> str:
     ])
 
 
+def commands_seconds(results: dict[str, Any], race: dict[str, Any] | None) -> float:
+    """Wall clock of every command the study ran (each run once, however many
+    studies share it), whether in this invocation or in one it resumed."""
+    seen: dict[str, float] = {}
+    for entry in results.values():
+        for run in entry["runs"]:
+            spent = run["train"]["train_seconds"] + (run["eval"] or {}).get("eval_seconds", 0.0)
+            seen[run["run_dir"]] = max(seen.get(run["run_dir"], 0.0), spent)
+    if race is not None:
+        seen["race"] = race["seconds"] + race["calibration"]["seconds"]
+    return sum(seen.values())
+
+
 def environment(size: str, seconds: float) -> str:
     import torch
 
     return (f"Size `{size}`; commit `{git_commit()}`; torch {torch.__version__}; {device_name(torch.device('cpu'))}, "
             f"{torch.get_num_threads()} torch threads; {datetime.date.today().isoformat()}; "
-            f"whole study {seconds / 60:.0f} min.")
+            f"the study's commands ran {seconds / 60:.0f} min in all.")
 
 
-def write_report(results: dict[str, Any], race: dict[str, Any] | None, size: str, out: Path, write_docs: bool,
-                 seconds: float) -> Path:
+def write_report(results: dict[str, Any], race: dict[str, Any] | None, size: str, out: Path,
+                 write_docs: bool) -> Path:
     """Write ``<out>/report.md`` (and docs/results.md blocks); returns the report path."""
     figures = out / "figures"
-    blocks = {"environment": environment(size, seconds), "race": race_block(race),
+    blocks = {"environment": environment(size, commands_seconds(results, race)), "race": race_block(race),
               "attention": attention_block(results, figures)}
     for name, entry in results.items():
         study, runs = entry["study"], entry["runs"]
@@ -224,8 +237,8 @@ def replace_blocks(path: Path, blocks: dict[str, str]) -> None:
     """Put each block between its markers in ``path``; other text stays."""
     text = path.read_text()
     for name, body in blocks.items():
-        pattern = re.compile(rf"(<!-- evidence:{name} -->\n).*?(\n<!-- /evidence:{name} -->)", re.S)
-        text, n = pattern.subn(lambda m: m.group(1) + body + m.group(2), text)
+        pattern = re.compile(rf"(<!-- evidence:{name} -->\n)(?:.*?\n)?(<!-- /evidence:{name} -->)", re.S)
+        text, n = pattern.subn(lambda m: m.group(1) + body + "\n" + m.group(2), text)
         if n == 0:
             raise SystemExit(f"{path}: no <!-- evidence:{name} --> block to fill; add the markers")
     path.write_text(text)

@@ -9,7 +9,7 @@ two studies that need the same run share it. Sizes:
 - ``quick``: a reduced study for 2 CPU cores, under 30 minutes end to end:
   CT (convolution + attention loss) against Transformer-XL only, 2 seeds,
   short runs, the ablation on one seed, no wall-clock race;
-- ``cpu``: the study behind ``docs/results.md`` (about two hours on 2 cores);
+- ``cpu``: the study behind ``docs/results.md`` (about 2¼ hours on 2 cores);
 - ``full``: the same comparisons at the GPU recipes' sizes (``trainer=gpu``,
   bf16, ``torch.compile``), for a GPU.
 

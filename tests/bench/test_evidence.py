@@ -48,6 +48,11 @@ def test_docs_blocks_are_replaced_between_markers(tmp_path):
     doc.write_text("intro\n<!-- evidence:race -->\nold\n<!-- /evidence:race -->\noutro\n")
     evidence_report.replace_blocks(doc, {"race": "new table"})
     assert doc.read_text() == "intro\n<!-- evidence:race -->\nnew table\n<!-- /evidence:race -->\noutro\n"
+    doc.write_text("<!-- evidence:race -->\n<!-- /evidence:race -->\n")  # an empty block, as in a new page
+    evidence_report.replace_blocks(doc, {"race": "table"})
+    assert doc.read_text() == "<!-- evidence:race -->\ntable\n<!-- /evidence:race -->\n"
+    evidence_report.replace_blocks(doc, {"race": "table"})
+    assert doc.read_text() == "<!-- evidence:race -->\ntable\n<!-- /evidence:race -->\n"
     with pytest.raises(SystemExit, match="no <!-- evidence:speech --> block"):
         evidence_report.replace_blocks(doc, {"speech": "x"})
 
