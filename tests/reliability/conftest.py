@@ -4,6 +4,7 @@ holds when the tests run as root."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import stat
@@ -124,3 +125,14 @@ def run_with_fault(fault: str, prog: str, *args: str, cwd: Path, env: dict | Non
     full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), full_env.get("PYTHONPATH")]))
     return subprocess.run([sys.executable, str(DRIVER), fault, prog, *args], cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def rows(run_dir):
+    """metrics.jsonl without the fields that depend on the clock."""
+    out = []
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        record.pop("time")
+        record.pop("tokens_per_s", None)
+        out.append(record)
+    return out

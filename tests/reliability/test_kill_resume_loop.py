@@ -7,7 +7,6 @@ tokens) and with the same metrics.jsonl rows."""
 
 from __future__ import annotations
 
-import json
 import random
 import shutil
 import signal
@@ -16,7 +15,7 @@ import pytest
 import torch
 
 from tests.core.train.test_resume import assert_same
-from tests.reliability.conftest import run_with_fault
+from tests.reliability.conftest import rows, run_with_fault
 from tests.text.conftest import english
 
 pytestmark = pytest.mark.slow
@@ -45,16 +44,6 @@ def schedule() -> list[str]:
     kinds = list(POINTS) + rng.choices(sorted(POINTS), k=KILLS - len(POINTS))
     rng.shuffle(kinds)
     return [f"{kind}:{rng.choice(POINTS[kind])}" for kind in kinds]
-
-
-def rows(run_dir):
-    out = []
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-        record = json.loads(line)
-        record.pop("time")
-        record.pop("tokens_per_s", None)
-        out.append(record)
-    return out
 
 
 def test_ten_kills_and_resumes_end_bit_identical(tmp_path):

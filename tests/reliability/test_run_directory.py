@@ -5,7 +5,6 @@ and an unusable hydra.run.dir is one line."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -14,23 +13,12 @@ import time
 
 from ct_core.train.run_lock import LOCK_FILE
 from tests.conftest import run_cli, script
-from tests.reliability.conftest import SMOKE, assert_one_line_error, read_only, run_unprivileged
+from tests.reliability.conftest import SMOKE, assert_one_line_error, read_only, rows, run_unprivileged
 
 
 def files(run_dir):
     """Every file of a run directory but the lock (which records the last pid that took it)."""
     return {p.relative_to(run_dir): p.read_bytes() for p in run_dir.rglob("*") if p.is_file() and p.name != LOCK_FILE}
-
-
-def rows(run_dir):
-    """metrics.jsonl without the fields that depend on the clock."""
-    out = []
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-        record = json.loads(line)
-        record.pop("time")
-        record.pop("tokens_per_s", None)
-        out.append(record)
-    return out
 
 
 def test_training_again_without_resume_is_refused_and_changes_nothing(smoke_run, tmp_path):
