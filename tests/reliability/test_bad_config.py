@@ -128,14 +128,17 @@ def test_invalid_combinations_are_refused(recipe, overrides, key):
     assert_refused(recipe_with(recipe, *overrides), key)
 
 
-@pytest.mark.parametrize("overrides", [
-    ["compression=none", "memory.cmem_len=16"],  # a convolution left at its initialisation: valid
-    ["compression=most_used", "compression.compression_loss=none"],
-    ["memory.mem_len=0"],  # evicted states go straight to compression
-    ["memory.mem_len=0", "memory.cmem_len=0"],  # a vanilla transformer
+@pytest.mark.parametrize("overrides, expected", [
+    # a convolution left at its initialisation: valid
+    (["compression=none", "memory.cmem_len=16"], {"compression": "conv", "compression_loss": "none", "cmem_len": 16}),
+    (["compression=most_used", "compression.compression_loss=none"],
+     {"compression": "most_used", "compression_loss": "none"}),
+    (["memory.mem_len=0"], {"mem_len": 0}),  # evicted states go straight to compression
+    (["memory.mem_len=0", "memory.cmem_len=0"], {"mem_len": 0, "cmem_len": 0}),  # a vanilla transformer
 ])
-def test_odd_but_valid_combinations_are_accepted(overrides):
-    build_run(recipe_with("synthetic", *overrides))
+def test_odd_but_valid_combinations_are_accepted(overrides, expected):
+    cfg, _ = build_run(recipe_with("synthetic", *overrides))
+    assert {key: getattr(cfg.model, key) for key in expected} == expected
 
 
 @pytest.mark.parametrize("override", ["trainer.steps=abc", "memory.mem_len=1.5", "trainer.seed=-1",
