@@ -7,7 +7,6 @@ import argparse
 import contextlib
 import difflib
 import json
-import math
 import re
 import sys
 from pathlib import Path
@@ -108,13 +107,6 @@ def compose_recipe(overrides: Sequence[str], prog: str, config_dir: str | None =
 def json_line(obj: Any) -> str:
     """``obj`` as one line of strict JSON: a non-finite number (a diverged
     model's perplexity) becomes null, as JSON has no NaN or infinity."""
-    def finite(value: Any) -> Any:
-        if isinstance(value, float) and not math.isfinite(value):
-            return None
-        if isinstance(value, dict):
-            return {k: finite(v) for k, v in value.items()}
-        if isinstance(value, (list, tuple)):
-            return [finite(v) for v in value]
-        return value
+    from ct_core.train.metric_logger import json_safe
 
-    return json.dumps(finite(obj), allow_nan=False)
+    return json.dumps(json_safe(obj), allow_nan=False)

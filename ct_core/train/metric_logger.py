@@ -59,9 +59,15 @@ def _step_of(line: str) -> float:
         return math.inf
 
 
-def _json_value(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
+    """``value`` with every non-finite float, in nested dicts and lists too,
+    made None: JSON has no NaN or infinity (TensorBoard still shows them)."""
     if isinstance(value, float) and not math.isfinite(value):
-        return None  # JSON has no NaN or infinity; TensorBoard still shows them
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
     return value
 
 
@@ -130,7 +136,7 @@ class MetricLogger:
         values = {name: _number(value) for name, value in metrics.items()}
         if self._jsonl is not None:
             record = {"step": step, "split": split, "time": round(time.time(), 3)}
-            record.update({name: _json_value(value) for name, value in values.items()})
+            record.update({name: json_safe(value) for name, value in values.items()})
             self._jsonl.write(json.dumps(record) + "\n")
             self._jsonl.flush()  # a crashed run keeps every line it logged
         if self.writer is not None:
