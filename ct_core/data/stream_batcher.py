@@ -67,8 +67,8 @@ import numpy as np
 import torch
 
 from ct_core.errors import ConfigError, DataError
+from ct_core.model.lm import IGNORE_INDEX  # padding targets: the model's loss skips them
 
-IGNORE_INDEX = -100
 MODES = ("train", "eval")
 
 
