@@ -192,7 +192,7 @@ class RelativeMultiHeadAttention(nn.Module):
         # Batch the (batch, head) pairs in the order k is laid out in: head
         # first for a training segment (the bias already is), batch first
         # for a decoding cache [B, H, K_max, d], whose keys then need no copy.
-        heads_first = not (_merges(k, 0, 1) and not _merges(k, 1, 0))
+        heads_first = _merges(k, 1, 0) or not _merges(k, 0, 1)
 
         def flat(x: Tensor) -> Tensor:  # [B, H, S, e] -> [B·H, S, e] in the chosen order
             return (x.transpose(0, 1) if heads_first else x).reshape(b * n_heads, x.shape[2], x.shape[3])
