@@ -9,9 +9,17 @@ biases u and v)::
 Two kernels, chosen by the form of the mask (see
 :class:`~ct_core.model.execution.Execution`):
 
-- SDPA (the default, and always on CPU): the content term runs through
-  ``scaled_dot_product_attention``; the position term, the causal mask and
-  the memory validity mask enter it as one additive bias ``[B, H, T, K]``.
+- Dense (the default, and always on CPU): the position term, the causal
+  mask and the memory validity mask make one additive bias ``[B, H, T, K]``.
+  The scale is folded into ``q + u`` and ``q + v`` (``[B, H, T, d]``, not
+  ``[B, H, T, K]``), the position scores are computed against ``[0; R]`` so
+  that they come out in the rel-shift's padded layout and shift as a view,
+  and the mask is added in the pass that materialises the bias. The bias
+  then enters ``scaled_dot_product_attention``, or, where SDPA would take
+  its unfused math kernel (on CPU when the bias needs a gradient or
+  attention dropout is on), ``baddbmm`` (bias + content scores in one
+  GEMM), softmax and ``bmm``; that path also serves a few queries (decoding)
+  and reports the attention usage.
 - FlexAttention (``flex``, CUDA by default): the unshifted position scores
   ``[B, H, T, K]`` are read by a ``score_mod`` at the shifted index, and a
   block mask (causality, empty memory slots) lets the kernel skip whole
@@ -36,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ct_core.model.relative_position import rel_shift
+from ct_core.model.relative_position import rel_shift_padded
 
 if TYPE_CHECKING:  # imported where used: the module costs half a second to import
     from torch.nn.attention.flex_attention import BlockMask
@@ -114,6 +122,10 @@ class RelativeMultiHeadAttention(nn.Module):
         b, s, _ = x.shape
         return x.view(b, s, self.n_heads, self.head_dim).transpose(1, 2)
 
+    def project_query(self, x: Tensor) -> Tensor:
+        """Queries ``[B, H, T, d]`` of (already normalised) ``x`` ``[B, T, D]``."""
+        return self._heads(self.w_q(x))
+
     def project_kv(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Keys and values ``[B, H, S, d]`` of (already normalised) ``x`` ``[B, S, D]``."""
         k, v = self.w_kv(x).chunk(2, dim=-1)
@@ -125,7 +137,7 @@ class RelativeMultiHeadAttention(nn.Module):
 
     def forward(
         self,
-        x: Tensor,
+        q: Tensor,
         k: Tensor,
         v: Tensor,
         mask: Tensor | BlockMask,
@@ -134,51 +146,87 @@ class RelativeMultiHeadAttention(nn.Module):
     ) -> tuple[Tensor, Tensor | None]:
         """Attend the last ``T`` key positions' queries over all ``K`` keys.
 
-        x: ``[B, T, D]`` normalised query inputs; k, v: ``[B, H, K, d]`` with
-        the queries' own keys last, in the compute dtype; mask: ``[B, 1, T,
-        K]`` additive, from :func:`attention_mask` (shared by all layers), or
-        a :func:`flex_block_mask` to run FlexAttention; r: ``[K, H, d]``
-        projected encodings of distances
-        ``K-1 .. 0``. Returns the output ``[B, T, D]`` and, if
-        ``want_usage``, the attention mass per key summed over heads and
-        queries ``[B, K]`` (for ``most_used`` compression).
+        q: ``[B, H, T, d]`` from :meth:`project_query`; k, v: ``[B, H, K,
+        d]`` with the queries' own keys last, in the compute dtype; mask:
+        ``[B, 1, T, K]`` additive, from :func:`attention_mask` (shared by all
+        layers), or a :func:`flex_block_mask` to run FlexAttention; r: ``[K,
+        H, d]`` projected encodings of distances ``K-1 .. 0``. Returns the
+        output ``[B, T, D]`` and, if ``want_usage``, the attention mass per
+        key summed over heads and queries ``[B, K]`` (for ``most_used``
+        compression).
         """
-        b, t, _ = x.shape
+        b, t = q.shape[0], q.shape[2]
         dtype = k.dtype  # the compute dtype: bf16 under autocast, else the parameters'
-        q = self._heads(self.w_q(x))  # [B, H, T, d]
-        # u and v are fp32 parameters: cast the sums, so that no [B, H, T, K]
-        # term below is promoted to fp32 under autocast.
-        qu = (q + self.u[:, None, :]).to(dtype)
-        bd = torch.einsum("bhtd,khd->bhtk", (q + self.v[:, None, :]).to(dtype), r.to(dtype))  # [B, H, T, K]
         if not isinstance(mask, Tensor):  # a BlockMask
             if want_usage:
                 raise ValueError("FlexAttention does not report the attention usage; pass an additive mask")
+            qu = (q + self.u[:, None, :]).to(dtype)
+            bd = torch.einsum("bhtd,khd->bhtk", (q + self.v[:, None, :]).to(dtype), r.to(dtype))  # [B, H, T, K]
             out = self._flex(qu, k, v, bd, mask)
             return self.w_o(out.transpose(1, 2).reshape(b, t, -1)), None
-        if t > 1:  # a lone query needs no shift: its distances already descend
-            bd = rel_shift(bd)
-        bias = bd * self.scale + mask  # [B, H, T, K]
-        usage = None
+        out, usage = self._dense(q, k, v, mask, r, want_usage)  # [B, H, T, d]
+        return self.w_o(out.transpose(1, 2).reshape(b, t, -1)), usage
+
+    def _dense(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor, r: Tensor,
+               want_usage: bool) -> tuple[Tensor, Tensor | None]:
+        """Attention with the additive bias; ``[B, H, T, d]`` and the usage."""
+        b, n_heads, t, d = q.shape
+        n_keys = k.shape[2]
+        dtype = k.dtype
+        dropout = self.attn_dropout if self.training else 0.0
+        # u and v are fp32 parameters: cast the sums, so that no [B, H, T, K]
+        # term below is promoted to fp32 under autocast. Scaling here scales
+        # both score terms at the cost of two [B, H, T, d] products.
+        qu = ((q + self.u[:, None, :]) * self.scale).to(dtype)
+        qv = ((q + self.v[:, None, :]) * self.scale).to(dtype)
+        bias = self._position_scores(qv, r.to(dtype)) + mask  # [B, H, T, K]: shift and mask in one pass
+        # SDPA's CPU kernel has no gradient for the bias and no dropout: it
+        # would fall back to its math kernel, which scales, adds and copies
+        # more than the path below.
+        math_kernel = q.device.type == "cpu" and (bias.requires_grad or dropout > 0)
         # Decoding steps (a few queries) run faster as plain matmuls than
         # through the fused kernel, whose per-call set-up dominates there.
-        if want_usage or t <= 4:
-            scores = torch.matmul(qu, k.transpose(-1, -2)) * self.scale + bias  # [B, H, T, K]
-            probs = scores.float().softmax(dim=-1).to(v.dtype)
-            if want_usage:
-                usage = probs.float().sum(dim=(1, 2))  # [B, K]
-            if self.training and self.attn_dropout > 0:
-                probs = F.dropout(probs, self.attn_dropout)
-            out = torch.matmul(probs, v)
-        else:
-            out = F.scaled_dot_product_attention(
-                qu,
-                k,
-                v,
-                attn_mask=bias,
-                dropout_p=self.attn_dropout if self.training else 0.0,
-            )  # [B, H, T, d]
-        out = out.transpose(1, 2).reshape(b, t, -1)
-        return self.w_o(out), usage
+        if not (want_usage or t <= 4 or math_kernel):
+            out = F.scaled_dot_product_attention(qu, k, v, attn_mask=bias, dropout_p=dropout, scale=1.0)
+            return out, None
+        # Batch the (batch, head) pairs in the order k is laid out in: head
+        # first for a training segment (the bias already is), batch first
+        # for a decoding cache [B, H, K_max, d], whose keys then need no copy.
+        heads_first = _merges(k, 1, 0) or not _merges(k, 0, 1)
+
+        def flat(x: Tensor) -> Tensor:  # [B, H, S, e] -> [B·H, S, e] in the chosen order
+            return (x.transpose(0, 1) if heads_first else x).reshape(b * n_heads, x.shape[2], x.shape[3])
+
+        scores = torch.baddbmm(flat(bias), flat(qu), flat(k).transpose(1, 2))  # [B·H, T, K]
+        probs = scores.float().softmax(dim=-1).to(v.dtype)
+        usage = None
+        if want_usage:
+            per_pair = probs.float().sum(dim=1)  # [B·H, K]
+            usage = (per_pair.view(n_heads, b, n_keys).sum(dim=0) if heads_first
+                     else per_pair.view(b, n_heads, n_keys).sum(dim=1))  # [B, K]
+        if dropout > 0:
+            probs = F.dropout(probs, dropout)
+        out = torch.bmm(probs, flat(v))  # [B·H, T, d]
+        if heads_first:
+            return out.view(n_heads, b, t, d).transpose(0, 1), usage
+        return out.view(b, n_heads, t, d), usage
+
+    def _position_scores(self, qv: Tensor, r: Tensor) -> Tensor:
+        """Position scores ``[B, H, T, K]`` (a view, laid out head first)
+        aligned with the keys, from scaled ``q + v`` ``[B, H, T, d]`` and
+        ``r`` ``[K, H, d]``.
+
+        Per head, all ``B·T`` queries go through one GEMM against ``[0; R]``
+        (no copy of ``R`` per batch row); its output ``[H, B·T, K + 1]`` is
+        the rel-shift's padded layout, so the shift is a view
+        (:func:`rel_shift_padded`).
+        """
+        b, n_heads, t, d = qv.shape
+        n_keys = r.shape[0]
+        r_padded = F.pad(r, (0, 0, 0, 0, 1, 0))  # [K + 1, H, d]: a zero encoding first
+        padded = torch.bmm(qv.transpose(0, 1).reshape(n_heads, b * t, d), r_padded.permute(1, 2, 0))
+        shifted = rel_shift_padded(padded.view(n_heads, b, t, n_keys + 1))  # [H, B, T, K]
+        return shifted.transpose(0, 1)
 
     def _flex(self, qu: Tensor, k: Tensor, v: Tensor, bd: Tensor, block_mask: BlockMask) -> Tensor:
         """FlexAttention with the position term read from the unshifted
@@ -194,28 +242,9 @@ class RelativeMultiHeadAttention(nn.Module):
 
         return _flex_attention()(qu, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale)
 
-    def frozen_query(self, x: Tensor) -> Tensor:
-        """Queries ``[B, H, T, d]`` of normalised ``x`` ``[B, T, D]`` through a
-        detached copy of the weight (for :meth:`content_attention`)."""
-        return self._heads(F.linear(x, self.w_q.weight.detach()))
 
-    def content_attention(self, q: Tensor, kv: Tensor, kv_valid: Tensor) -> Tensor:
-        """Position-free attention of queries ``q`` (:meth:`frozen_query`)
-        over normalised ``kv`` ``[B, S, D]`` -> ``[B, T, D]``.
-
-        Every projection is used through a detached copy of its weight, so a
-        loss on the output trains nothing of this layer (the paper's
-        stop-gradient on the attention weights in Algorithm 2); gradients
-        reach ``kv`` only. kv_valid: ``[B, S]`` bool; rows with no valid slot
-        produce zeros.
-        """
-        k, v = F.linear(kv, self.w_kv.weight.detach()).chunk(2, dim=-1)
-        k, v = self._heads(k), self._heads(v)
-        row_has_keys = kv_valid.any(dim=-1)  # [B]
-        # A row with no valid key would softmax over nothing; let it see all
-        # keys and zero its output afterwards instead of producing NaNs.
-        mask = (kv_valid | ~row_has_keys[:, None])[:, None, None, :]  # [B, 1, 1, S]
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        out = out.transpose(1, 2).reshape(q.shape[0], q.shape[2], -1)
-        out = F.linear(out, self.w_o.weight.detach())
-        return out * row_has_keys[:, None, None].to(out.dtype)
+def _merges(x: Tensor, outer: int, inner: int) -> bool:
+    """Whether dims ``outer`` and ``inner`` of ``x``, in that order, flatten into one without a copy."""
+    if x.shape[outer] == 1 or x.shape[inner] == 1:
+        return True
+    return x.stride(outer) == x.shape[inner] * x.stride(inner)

@@ -57,20 +57,25 @@ class Block(nn.Module):
         mask: Tensor,
         r: Tensor,
         want_usage: bool = False,
-    ) -> tuple[Tensor, Tensor | None]:
+        want_qkv: bool = False,
+    ) -> tuple[Tensor, Tensor | None, tuple[Tensor, Tensor, Tensor] | None]:
         """Run the layer on a segment ``h`` ``[B, T, D]``.
 
         slots: this layer's memory as attended, ``[B, C, D]`` compressed
         memory then ``[B, M, D]`` memory (``P = C + M``); mask: ``[B, 1, T, P + T]`` from
         :func:`attention_mask`; r: ``[P + T, H, d]`` projected encodings.
         Memory and segment are normalised and projected together (one norm,
-        one key/value matmul). Returns the output ``[B, T, D]`` and the
-        attention usage.
+        one key/value matmul). Returns the output ``[B, T, D]``, the
+        attention usage and, if ``want_qkv``, the queries ``[B, H, T, d]``
+        and keys and values ``[B, H, P + T, d]``, detached: Algorithm 2
+        reuses them instead of projecting the same inputs again.
         """
         t = h.shape[1]
         x_all = self.attention_input(torch.cat([*slots, h], dim=1))  # [B, P + T, D]
         k, v = self.attn.project_kv(x_all)
-        return self._attend_and_feed_forward(h, x_all[:, x_all.shape[1] - t :], k, v, mask, r, want_usage)
+        q = self.attn.project_query(x_all[:, x_all.shape[1] - t :])
+        out, usage = self._attend_and_feed_forward(h, q, k, v, mask, r, want_usage)
+        return out, usage, (q.detach(), k.detach(), v.detach()) if want_qkv else None
 
     def step(
         self,
@@ -94,7 +99,7 @@ class Block(nn.Module):
         k_cache[:, :, start : start + t] = k_new
         v_cache[:, :, start : start + t] = v_new
         k, v = k_cache[:, :, : start + t], v_cache[:, :, : start + t]
-        return self._attend_and_feed_forward(h, x, k, v, mask, r, want_usage)
+        return self._attend_and_feed_forward(h, self.attn.project_query(x), k, v, mask, r, want_usage)
 
     def step_at(
         self,
@@ -116,12 +121,12 @@ class Block(nn.Module):
         k_new, v_new = self.attn.project_kv(x)
         k_cache.index_copy_(2, slot, k_new.to(k_cache.dtype))
         v_cache.index_copy_(2, slot, v_new.to(v_cache.dtype))
-        return self._attend_and_feed_forward(h, x, k_cache, v_cache, mask, r, want_usage)
+        return self._attend_and_feed_forward(h, self.attn.project_query(x), k_cache, v_cache, mask, r, want_usage)
 
     def _attend_and_feed_forward(
-        self, h: Tensor, x: Tensor, k: Tensor, v: Tensor, mask: Tensor, r: Tensor, want_usage: bool
+        self, h: Tensor, q: Tensor, k: Tensor, v: Tensor, mask: Tensor, r: Tensor, want_usage: bool
     ) -> tuple[Tensor, Tensor | None]:
-        a, usage = self.attn(x, k, v, mask, r, want_usage=want_usage)
+        a, usage = self.attn(q, k, v, mask, r, want_usage=want_usage)
         if self.pre_norm:
             h = h + self.drop(a)
             h = h + self.drop(self.ff(self.norm_ff(h)))

@@ -33,7 +33,8 @@ from ct_core.model.adaptive import AdaptiveInput, AdaptiveSoftmax, ClusterTables
 from ct_core.model.attention import attention_mask, compute_dtype, flex_block_mask
 from ct_core.model.block import Block
 from ct_core.model.compression import build_compressor
-from ct_core.model.compression_loss import AutoencodingDecoder, attention_reconstruction_loss, autoencoding_loss
+from ct_core.model.compression_loss import (AutoencodingDecoder, ForwardAttention, attention_reconstruction_loss,
+                                            autoencoding_loss)
 from ct_core.model.config import ModelConfig
 from ct_core.model.execution import Execution, block_callables
 from ct_core.model.memory import MemoryState
@@ -165,13 +166,18 @@ class CompressiveTransformerLM(nn.Module):
         return sinusoid_positions(n_keys, self.cfg.d_model, device=device, dtype=dtype)
 
     def update_memory(
-        self, memory: MemoryState, hidden: Tensor, usage: list[Tensor] | None = None
+        self, memory: MemoryState, hidden: Tensor, usage: list[Tensor] | None = None,
+        attended: list[tuple[Tensor, Tensor, Tensor]] | None = None,
     ) -> tuple[MemoryState, Tensor]:
         """Algorithm 1 for every layer, plus the compression loss.
 
         hidden: ``[L, B, T, D]`` the segment's layer inputs; usage: per layer
-        ``[B, C + M + T]`` attention mass per key (``most_used`` only).
-        Returns the next memory (detached) and the auxiliary loss (scalar).
+        ``[B, C + M + T]`` attention mass per key (``most_used`` only);
+        attended: per layer the forward's queries ``[B, H, T, d]`` and keys
+        and values ``[B, H, C + M + T, d]`` (:meth:`Block.forward` with
+        ``want_qkv``), which Algorithm 2 reuses; without them it projects
+        what it needs itself. Returns the next memory (detached) and the
+        auxiliary loss (scalar).
 
         With ``compression_loss=bptt`` and gradients enabled the evicted
         block is not compressed here but kept in ``pending``: the next
@@ -200,11 +206,10 @@ class CompressiveTransformerLM(nn.Module):
             mask = comp.compressed_mask(ev.old_mask, layer_usage)  # [B, T'/c]
             if want_loss and cfg.compression_loss == "attention":
                 block = self.blocks[layer]
-                losses.append(
-                    attention_reconstruction_loss(
-                        block.attn, block.attention_norm, hidden[layer], old, ev.old_mask, new, mask
-                    )
-                )
+                seen = self._evicted_attention(layer, hidden[layer], old[:, ev.n_pad :], c_len,
+                                               None if attended is None else attended[layer])
+                losses.append(attention_reconstruction_loss(block.attn, block.attention_norm, seen, ev.old_mask,
+                                                            new, mask))
             elif want_loss:
                 losses.append(autoencoding_loss(self.decoders[layer], old, ev.old_mask, new))
             compressed.append(new)
@@ -215,6 +220,24 @@ class CompressiveTransformerLM(nn.Module):
         nxt = memory.detach().with_memories(ev, new_cmem, masks[0])
         aux = torch.stack(losses).mean() if losses else zero
         return nxt, aux
+
+    def _evicted_attention(self, layer: int, h: Tensor, evicted: Tensor, c_len: int,
+                           qkv: tuple[Tensor, Tensor, Tensor] | None) -> ForwardAttention:
+        """Layer ``layer``'s queries and its evicted slots' keys and values
+        (``[B, H, T, d]`` each) for Algorithm 2: sliced from the forward's
+        ``qkv`` (the evicted slots are the oldest ``T`` of ``[mem; segment]``,
+        keys ``C .. C + T - 1`` of ``[cmem; mem; segment]``), or projected
+        from the layer input ``h`` ``[B, T, D]`` and the ``evicted`` slots
+        ``[B, T, D]`` when the caller has no forward's tensors."""
+        t = h.shape[1]
+        if qkv is not None:
+            q, k, v = qkv
+            return ForwardAttention(q, k[:, :, c_len : c_len + t], v[:, :, c_len : c_len + t])
+        block = self.blocks[layer]
+        with torch.no_grad():
+            q = block.attn.project_query(block.attention_input(h))
+            k, v = block.memory_kv(evicted)
+        return ForwardAttention(q, k, v)
 
     def compress_pending(self, memory: MemoryState) -> MemoryState:
         """Compress a deferred evicted block (``compression_loss=bptt``) into
@@ -296,13 +319,16 @@ class CompressiveTransformerLM(nn.Module):
             mask = flex_block_mask(key_valid, t)
         else:
             mask = attention_mask(key_valid, t, compute_dtype(h))  # [B, 1, T, K]
-        hidden, usage = [], []
+        # Algorithm 2 reuses the forward's queries, keys and values.
+        want_qkv = (torch.is_grad_enabled() and memory.cmem_len > 0 and self.cfg.compression_loss == "attention")
+        hidden, usage, attended = [], [], []
         for layer, block in enumerate(self.blocks):
             hidden.append(h)
             r = block.attn.project_positions(pos)
             slots = (memory.cmem[layer], memory.mem[layer])
-            h, u = self._block_fns[layer](h, slots, mask, r, want_usage)
+            h, u, qkv = self._block_fns[layer](h, slots, mask, r, want_usage, want_qkv)
             usage.append(u)
+            attended.append(qkv)
         final = self.norm_out(h)  # [B, T, D]
         logits = self.token_logits(final) if return_logits else None  # [B, T, V]
         nll = None
@@ -311,7 +337,8 @@ class CompressiveTransformerLM(nn.Module):
                 nll = _softmax_nll(logits, targets)  # [B, T]
             else:
                 nll = self.token_nll(final, targets)  # [B, T]
-        next_memory, aux = self.update_memory(memory, torch.stack(hidden), usage if want_usage else None)
+        next_memory, aux = self.update_memory(memory, torch.stack(hidden), usage if want_usage else None,
+                                              attended if want_qkv else None)
         return LMOutput(logits=logits, memory=next_memory, aux_loss=aux, usage=usage if return_usage else None,
                         nll=nll, hidden=final)
 

@@ -11,6 +11,7 @@ Example::
 
     R = sinusoid_positions(K, d_model)        # [K, D], distances K-1 .. 0
     bd = rel_shift(scores_against_R)          # [B, H, T, K] aligned with keys
+    bd = rel_shift_padded(scores_against_0R)  # the same, from scores against [0; R]
 """
 
 from __future__ import annotations
@@ -34,14 +35,27 @@ def rel_shift(x: Tensor) -> Tensor:
     the encoding of distance ``K - 1 - r``. Returns ``out`` with
     ``out[..., i, j] = x[..., i, j + T - 1 - i]`` wherever that index is
     ``< K`` (every key query ``i`` may see: ``j <= K - T + i``); the entries
-    for future keys hold garbage and must be masked.
+    for future keys hold other scores and must be masked.
 
-    Zero-padding one column and re-viewing shifts row ``i`` left by
-    ``T - 1 - i`` (Transformer-XL's trick). A zero-copy strided view would do
-    the same forward, but its generic backward (index_add over computed
-    offsets) costs far more than these two copies.
+    Transformer-XL's trick: one zero column in front, then
+    :func:`rel_shift_padded`. Attention builds the padded scores directly
+    (against a zero encoding followed by ``R``), which spares this copy.
     """
-    *lead, t, k = x.shape
-    padded = torch.nn.functional.pad(x, (1, 0))  # [..., T, K + 1]
-    padded = padded.reshape(*lead, k + 1, t)
-    return padded[..., 1:, :].reshape(*lead, t, k)
+    return rel_shift_padded(torch.nn.functional.pad(x, (1, 0)))
+
+
+def rel_shift_padded(padded: Tensor) -> Tensor:
+    """:func:`rel_shift` of scores already in the padded layout.
+
+    ``padded``: contiguous ``[..., T, K + 1]`` whose column 0 is finite (the
+    score against a zero encoding) and whose column ``r + 1`` scores query
+    ``i`` against distance ``K - 1 - r``. Returns a ``[..., T, K]`` view
+    (no copy): entry ``[i, j]`` is element ``T + i·K + j`` of the flattened
+    ``[T, K + 1]`` block, which is ``padded[i, j + T - i]`` for every key
+    query ``i`` may see and an entry of row ``i + 1`` for future keys. The
+    backward of a slice and two views is a zero fill and one copy, unlike a
+    generic ``as_strided``, whose backward is an index-add.
+    """
+    *lead, t, k_plus_1 = padded.shape
+    k = k_plus_1 - 1
+    return padded.flatten(-2)[..., t : t + t * k].view(*lead, t, k)
