@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Callable
+from typing import Callable, ClassVar
 
 from ct_audio.audio_io import NORMALIZE_MODES, Preprocessor
 from ct_audio.corpora import CORPORA
@@ -48,7 +48,13 @@ class AudioConfig:
     cache_dir: where prepared data goes (None: ``$CT_CACHE_DIR`` or
         ``~/.cache/compressive-transformer``).
     seed: seeds the split and ``max_files`` draws.
+
+    ``same_data_fields`` are the options that leave the data unchanged
+    (where the corpus and the cache live): the only ``data`` options
+    ``ct-eval`` and a resumed run may change.
     """
+
+    same_data_fields: ClassVar[tuple[str, ...]] = ("root", "cache_dir")
 
     corpus: str = "demo"
     root: str | None = None

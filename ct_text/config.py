@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Callable
+from typing import Callable, ClassVar
 
 from ct_core.data.frontend import SampleRequest
 from ct_core.data.token_store import default_cache_dir
@@ -40,7 +40,14 @@ class TextConfig:
     many train bytes) only concern SentencePiece. ``valid_fraction`` /
     ``test_fraction`` only concern ``corpus=file``. ``cache_dir=None`` is
     ``ct_core.data.token_store.default_cache_dir()``.
+
+    ``same_data_fields`` are the options that leave the data unchanged
+    (where the corpus and the cache live, how a missing enwik8 is found or
+    checked): the only ``data`` options ``ct-eval`` and a resumed run may
+    change.
     """
+
+    same_data_fields: ClassVar[tuple[str, ...]] = ("path", "root", "cache_dir", "download", "accept_md5_mismatch")
 
     corpus: str = "enwik8"
     path: str | None = None
