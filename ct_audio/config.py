@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Callable
+from typing import Callable, ClassVar
 
 from ct_audio.audio_io import NORMALIZE_MODES, Preprocessor
 from ct_audio.corpora import CORPORA
@@ -24,6 +24,15 @@ from ct_core.options import section_key
 from ct_core.data.token_store import default_cache_dir
 
 
+#: Rates a model may run at. Below 1 kHz no speech is left (and a segment
+#: spans seconds); above 96 kHz a second of audio outgrows any memory.
+MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 1_000, 96_000
+#: Quietest loudness target: 8-bit μ-law (μ = 255) codes everything below
+#: about -81 dBFS as silence, and a -60 dBFS utterance already uses only a
+#: handful of classes.
+MIN_LEVEL_DB = -60.0
+
+
 @dataclasses.dataclass
 class AudioConfig:
     """Settings of corpus reading, preprocessing, splits and caching.
@@ -31,8 +40,8 @@ class AudioConfig:
     corpus: ``librispeech`` | ``ljspeech`` | ``vctk`` | ``fsdd`` | ``folder`` |
         ``demo`` (the LJ Speech excerpt shipped in ``ct_audio/data``).
     root: the corpus folder (ignored for ``demo``).
-    sample_rate: the model's rate in Hz; every file is resampled to it
-        (paper: 24,000).
+    sample_rate: the model's rate in Hz, 1,000 to 96,000; every file is
+        resampled to it (paper: 24,000).
     mu: μ-law parameter; ``mu + 1`` classes (255 -> 256 classes, 8 bits).
     trim_silence / top_db: cut leading and trailing audio quieter than
         ``top_db`` below the utterance's loudest frame.
@@ -48,7 +57,13 @@ class AudioConfig:
     cache_dir: where prepared data goes (None: ``$CT_CACHE_DIR`` or
         ``~/.cache/compressive-transformer``).
     seed: seeds the split and ``max_files`` draws.
+
+    ``same_data_fields`` are the options that leave the data unchanged
+    (where the corpus and the cache live): the only ``data`` options
+    ``ct-eval`` and a resumed run may change.
     """
+
+    same_data_fields: ClassVar[tuple[str, ...]] = ("root", "cache_dir")
 
     corpus: str = "demo"
     root: str | None = None
@@ -74,8 +89,9 @@ class AudioConfig:
         """One-line errors naming the option (``key``: its name in the recipe)."""
         if self.corpus not in CORPORA:
             raise ConfigError(f"{key('corpus')}={self.corpus!r} is unknown; choose one of {', '.join(CORPORA)}")
-        if self.sample_rate <= 0:
-            raise ConfigError(f"{key('sample_rate')}={self.sample_rate} must be a positive rate in Hz, e.g. 24000")
+        if not MIN_SAMPLE_RATE <= self.sample_rate <= MAX_SAMPLE_RATE:
+            raise ConfigError(f"{key('sample_rate')}={self.sample_rate} must lie in {MIN_SAMPLE_RATE:,}..{MAX_SAMPLE_RATE:,} "
+                              "Hz, e.g. 24000 (the paper) or 8000")
         if not 1 <= self.mu <= 255:
             raise ConfigError(f"{key('mu')}={self.mu} must lie in 1..255 so codes fit one byte (255: 8-bit μ-law)")
         if self.normalize not in NORMALIZE_MODES:
@@ -94,6 +110,10 @@ class AudioConfig:
         for name in ("peak_db", "rms_db", "silence_db"):
             if getattr(self, name) > 0:
                 raise ConfigError(f"{key(name)}={getattr(self, name)} must be <= 0 (a level in dB below full scale)")
+        for name in ("peak_db", "rms_db"):
+            if getattr(self, name) < MIN_LEVEL_DB:
+                raise ConfigError(f"{key(name)}={getattr(self, name)} must be >= {MIN_LEVEL_DB:g} dBFS: quieter "
+                                  "utterances are little more than silence in 8-bit μ-law")
         if self.seed < 0:
             raise ConfigError(f"{key('seed')}={self.seed} must be an integer >= 0")
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Callable
+from typing import Callable, ClassVar
 
 from ct_core.data.frontend import SampleRequest
 from ct_core.data.token_store import default_cache_dir
@@ -25,6 +25,10 @@ from ct_text.tokenizer import SENTENCEPIECE_TYPES
 #: corpus -> its tokenizer when ``data.tokenizer`` is not set.
 DEFAULT_TOKENIZERS = {"enwik8": "bytes", "pg19": "sentencepiece", "file": "bytes"}
 TOKENIZERS = ("bytes", "sentencepiece")
+DEFAULT_VOCAB_SIZE = 32000
+#: Largest SentencePiece vocabulary: beyond it the embedding and softmax
+#: outgrow any GPU long before the tokenizer is any better.
+MAX_VOCAB_SIZE = 2**20
 
 
 @dataclasses.dataclass
@@ -40,13 +44,20 @@ class TextConfig:
     many train bytes) only concern SentencePiece. ``valid_fraction`` /
     ``test_fraction`` only concern ``corpus=file``. ``cache_dir=None`` is
     ``ct_core.data.token_store.default_cache_dir()``.
+
+    ``same_data_fields`` are the options that leave the data unchanged
+    (where the corpus and the cache live, how a missing enwik8 is found or
+    checked): the only ``data`` options ``ct-eval`` and a resumed run may
+    change.
     """
+
+    same_data_fields: ClassVar[tuple[str, ...]] = ("path", "root", "cache_dir", "download", "accept_md5_mismatch")
 
     corpus: str = "enwik8"
     path: str | None = None
     root: str | None = None
     tokenizer: str | None = None
-    vocab_size: int = 32000
+    vocab_size: int = DEFAULT_VOCAB_SIZE
     sentencepiece_type: str = "unigram"
     tokenizer_sample_bytes: int | None = None
     valid_fraction: float = 0.1
@@ -78,9 +89,15 @@ class TextConfig:
                 f"choose one of {list(SENTENCEPIECE_TYPES)}"
             )
         # 256 byte pieces + <unk> are always in the vocabulary (byte fallback).
-        if not isinstance(self.vocab_size, int) or self.vocab_size <= 257:
+        if not isinstance(self.vocab_size, int) or not 257 < self.vocab_size <= MAX_VOCAB_SIZE:
             raise ConfigError(
-                f"{key('vocab_size')}={self.vocab_size!r} must be an integer > 257 (256 byte pieces + <unk>)"
+                f"{key('vocab_size')}={self.vocab_size!r} must be an integer in 258..{MAX_VOCAB_SIZE:,} "
+                "(256 byte pieces + <unk> and at least one more; the paper's PG-19 uses 32000)"
+            )
+        if self.tokenizer_kind == "bytes" and self.vocab_size != DEFAULT_VOCAB_SIZE:
+            raise ConfigError(
+                f"{key('vocab_size')}={self.vocab_size} has no effect with {key('tokenizer')}=bytes (256 byte "
+                f"values); set {key('tokenizer')}=sentencepiece for subwords, or leave {key('vocab_size')} out"
             )
         if self.tokenizer_sample_bytes is not None and (
             not isinstance(self.tokenizer_sample_bytes, int) or self.tokenizer_sample_bytes <= 0

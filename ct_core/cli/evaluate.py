@@ -6,12 +6,17 @@ last line, and writes ``eval_<split>.json`` beside the checkpoint::
     ct-eval outputs/audio/demo/<time>/checkpoints/last.pt split=test
     ct-eval runs/enwik8_ct/checkpoints/last.pt split=test data.path=/data/enwik8.zip eval.cmem_len=3072
 
-Overrides (``key=value``) may change ``split``, ``data.*`` (e.g. where the
-corpus lives on this machine), ``eval.*`` and ``trainer.device``/``precision``.
+Overrides (``key=value``) may change ``split``, ``eval.*``,
+``trainer.device``/``precision`` and those ``data.*`` options that leave the
+data unchanged (each front end's ``Config.same_data_fields``: where the
+corpus and the cache live on this machine); any other ``data`` option would
+measure the model on other data than it was trained on, and is refused.
+The report records the resolved ``data`` section it was measured with.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -43,6 +48,22 @@ def apply_overrides(config: dict, overrides: list[str]) -> tuple[dict, str]:
     return OmegaConf.to_container(merged, resolve=True), split
 
 
+def check_same_data(saved: dict, current: dict) -> None:
+    """A one-line error for a ``data`` override that changes what is
+    measured, naming the data options that may change."""
+    from ct_core.data.frontend import changed_data_options, frontend_class, option_value
+
+    changes = changed_data_options(saved, current)
+    if changes:
+        name, before, after = changes[0]
+        same = frontend_class(saved["frontend"]).Config.same_data_fields
+        allowed = ", ".join(f"data.{f}" for f in same) or "none"
+        raise ConfigError(
+            f"data.{name} changed {option_value(before)} → {option_value(after)}: {PROG} measures on the data "
+            f"the checkpoint was trained on; the data options it may change (where the data lives): {allowed}"
+        )
+
+
 def run(checkpoint: Path, overrides: list[str], attention_report: bool = False) -> dict:
     import torch
 
@@ -53,6 +74,7 @@ def run(checkpoint: Path, overrides: list[str], attention_report: bool = False) 
 
     payload = load_checkpoint(checkpoint)
     config, split = apply_overrides(payload["config"], overrides)
+    check_same_data(payload["config"]["data"], config["data"])
     cfg, frontend = build_run(config, payload["frontend"])
     device = resolve_device(cfg.trainer.device)
     model = load_model(checkpoint, payload, cfg, frontend).to(device)
@@ -68,7 +90,8 @@ def run(checkpoint: Path, overrides: list[str], attention_report: bool = False) 
     if attention_report or cfg.eval.attention_report:
         metrics["attention_report"] = write_attention_report(model, docs, cfg, device, checkpoint, split)
     report = {"checkpoint": str(checkpoint), "step": payload["step"], "split": split, "n_tokens": result.n_tokens,
-              "mem_len": cfg.eval_mem_len, "cmem_len": cfg.eval_cmem_len, **metrics}
+              "mem_len": cfg.eval_mem_len, "cmem_len": cfg.eval_cmem_len,
+              "data": {"frontend": frontend.name, **dataclasses.asdict(frontend.cfg)}, **metrics}
     for key, value in metrics.items():
         if isinstance(value, dict):
             continue  # shown in the JSON line

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ct_core.errors import CheckpointError, ConfigError, DataError
-from ct_core.data.frontend import FrontEnd, build_frontend
+from ct_core.data.frontend import FrontEnd, build_frontend, changed_data_options, option_value
 from ct_core.train.run_config import RunConfig
 
 #: Sections whose values decide the model's shape; a checkpoint must agree.
@@ -26,7 +26,8 @@ def build_run(raw: Mapping[str, Any], frontend_state: Mapping[str, Any] | None =
 
 def check_compatible(path: Path, saved: Mapping[str, Any], current: Mapping[str, Any]) -> None:
     """A one-line error naming the first model option where the checkpoint's
-    config differs from the run's."""
+    config differs from the run's, then the first data option that changes
+    the data (any but the front end's ``same_data_fields``)."""
     for section in MODEL_SECTIONS:
         a, b = saved.get(section) or {}, current.get(section) or {}
         for key in sorted(set(a) | set(b)):
@@ -35,6 +36,13 @@ def check_compatible(path: Path, saved: Mapping[str, Any], current: Mapping[str,
                     f"{path}: checkpoint has {section}.{key}={a.get(key)!r} but this run has "
                     f"{section}.{key}={b.get(key)!r}; resume with the checkpoint's recipe or start a new run"
                 )
+    changes = changed_data_options(saved.get("data") or {}, current.get("data") or {})
+    if changes:
+        name, before, after = changes[0]
+        raise CheckpointError(
+            f"{path}: data.{name} changed {option_value(before)} → {option_value(after)} since the checkpoint "
+            f"was written; resume with data.{name}={option_value(before)} or start a new run"
+        )
 
 
 def load_model(path: Path, payload: Mapping[str, Any], cfg: RunConfig, frontend: FrontEnd):

@@ -87,6 +87,26 @@ def check_options(args: argparse.Namespace) -> None:
         raise ConfigError(f"--top-k {args.top_k}: must be at least 1")
 
 
+def check_stream_memory(cfg, weights: dict, batch: int, prompt_len: int, n_new: int, device) -> None:
+    """One line, before anything is loaded, sampled or written, when the
+    model (``weights``: its state dict) and the ``--batch`` streams need more
+    memory than ``device`` has available."""
+    import torch
+
+    from ct_core.model.sampling_memory import available_bytes, check_fits, sampling_bytes
+    from ct_core.train.runtime import autocast_context
+
+    param_dtype = torch.get_default_dtype()  # the model is built, and its checkpoint loaded, in it
+    with autocast_context(device, cfg.trainer.precision):
+        on = torch.is_autocast_enabled(device.type)
+        compute_dtype = torch.get_autocast_dtype(device.type) if on else param_dtype
+    # Without a prompt, generation starts from one start token.
+    need = sampling_bytes(cfg.model, batch, cfg.eval_mem_len, cfg.eval_cmem_len, max(prompt_len, 1), n_new,
+                          param_dtype, compute_dtype)
+    weight_bytes = sum(t.numel() * param_dtype.itemsize for t in weights.values() if torch.is_tensor(t))
+    check_fits(need, weight_bytes, available_bytes(device), str(device), batch, "--batch")
+
+
 def run(argv: list[str]) -> list[Path]:
     import numpy as np
     import torch
@@ -111,6 +131,8 @@ def run(argv: list[str]) -> list[Path]:
     n_new = frontend.num_new_tokens(request)
     if n_new > MAX_NEW_TOKENS:
         raise ConfigError(f"{n_new:,} new tokens per stream asked for; at most {MAX_NEW_TOKENS:,} per call")
+    prompt = np.asarray(frontend.encode_prompt(request), dtype=np.int64)
+    check_stream_memory(cfg, payload["model"], args.batch, prompt.size, n_new, device)
     # The destination is checked before any sampling, so a bad --out costs nothing.
     out = args.out if args.out is not None else default_sample_out(args.checkpoint)
     if args.out is None and args.batch == 1:
@@ -119,7 +141,6 @@ def run(argv: list[str]) -> list[Path]:
     for target in targets:
         check_output_file(target, "--out", replace=True, keep=[args.checkpoint])
     model = load_model(args.checkpoint, payload, cfg, frontend).to(device)
-    prompt = np.asarray(frontend.encode_prompt(request), dtype=np.int64)
     # Without a prompt, generation starts from the front end's start token,
     # which is not part of the sample (an audio file holds exactly --seconds).
     skip = 0

@@ -32,7 +32,7 @@ def train_from_config(raw: dict[str, Any], run_dir: Path) -> dict[str, float]:
     from ct_core.train.checkpoint import load_checkpoint
     from ct_core.train.distributed import init_distributed, run_on_local_leader, shutdown
     from ct_core.errors import CheckpointError
-    from ct_core.cli.run_setup import build_run, check_compatible, require_split
+    from ct_core.cli.run_setup import build_run, require_split
     from ct_core.train.trainer import Trainer
 
     from ct_core.train.runtime import device_kind
@@ -40,22 +40,20 @@ def train_from_config(raw: dict[str, Any], run_dir: Path) -> dict[str, float]:
     ctx = init_distributed(device_kind(str((raw.get("trainer") or {}).get("device", "auto"))))
     try:
         cfg, frontend = build_run(raw)
-        claim_run_dir(run_dir, cfg.resume, cfg.trainer.overwrite)
+        claim = claim_run_dir(run_dir, cfg)  # the checkpoint to resume is checked against the recipe here
         # Local rank 0 of each node prepares (and caches) the data, the
         # node's other ranks wait for it as long as it takes, then find it ready.
         run_on_local_leader(ctx, lambda: frontend.prepare(progress=True))
         require_split(frontend, "train", "")
         require_split(frontend, "valid", "ct-train evaluates on it: ")
-        trainer = Trainer(cfg, frontend, run_dir, ctx)
+        trainer = Trainer(cfg, frontend, run_dir, ctx, run_id=claim.run_id)
         if cfg.resume:
-            path = trainer.checkpoints.latest() if cfg.resume == "auto" else Path(cfg.resume)
-            if path is None:
+            if claim.source is None:
                 trainer.logger.message(f"resume=auto: no checkpoint in {trainer.checkpoints.dir} yet, starting fresh")
                 trainer.logger.truncate_after(0)  # rows of a run killed before its first checkpoint
             else:
-                payload = load_checkpoint(path, for_resume=True, mmap=True)  # read once, mapped
-                check_compatible(path, payload["config"], cfg.raw)
-                trainer.resume(path, payload)
+                payload = load_checkpoint(claim.source, for_resume=True, mmap=True)  # tensors mapped, read when used
+                trainer.resume(claim.source, payload)
         if trainer.step >= cfg.trainer.steps:
             raise CheckpointError(
                 f"the checkpoint is already at step {trainer.step} >= trainer.steps={cfg.trainer.steps}; "
@@ -133,14 +131,15 @@ def check_before_hydra(overrides: list[str], config_dir: str | None) -> Path:
     """Everything that can fail before Hydra writes ``.hydra/`` into the run
     directory: the recipe and every option, then the directory itself
     (writable, not in use, not an earlier run unless resumed or
-    overwritten). Returns the run directory."""
+    overwritten) and the checkpoint to resume (fits the recipe, belongs
+    to the directory's run). Returns the run directory."""
     from ct_core.cli.run_setup import build_run
 
     # One line for a mistyped key, not Hydra's multi-line report.
     raw = compose_recipe(overrides, PROG, config_dir)
     cfg, _ = build_run(raw)
     run_dir = planned_run_dir(overrides, config_dir)
-    claim_run_dir(run_dir, cfg.resume, cfg.trainer.overwrite)
+    claim_run_dir(run_dir, cfg)
     return run_dir
 
 

@@ -14,6 +14,10 @@ Configuration: the ``data`` section of a recipe is a flat mapping. Its key
 front end's ``Config`` dataclass, built by
 :func:`~ct_core.options.build_options` (unknown keys, wrong types and the
 Config's ``validate(key)`` are one-line :class:`~ct_core.errors.ConfigError`).
+A Config's class attribute ``same_data_fields`` names the options that
+leave the data unchanged (where the corpus lives, the cache); every other
+option changes what a model trains and is measured on, so ``ct-eval`` and a
+resumed run refuse to change it (:func:`changed_data_options`).
 ``vocab_size`` must be known without reading the corpus (from the Config or
 the checkpoint's state), so a run is fully validated before any data work.
 
@@ -28,7 +32,7 @@ from __future__ import annotations
 
 import abc
 import importlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar, Mapping, Sequence
 
@@ -200,3 +204,30 @@ def build_frontend(data: Mapping[str, Any], state: Mapping[str, Any] | None = No
         raise ConfigError(f"data.frontend is missing; choose one of {sorted(FRONTENDS)}")
     cls = frontend_class(name)
     return cls(build_options(cls.Config, values, "data"), state=state)
+
+
+def changed_data_options(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
+    """``(option, saved value, current value)`` for every option of the
+    ``data`` section ``current`` that changes the data ``saved`` described:
+    both are resolved through the front end's Config (so a default written
+    out equals one left out), and its ``same_data_fields`` are ignored. A
+    different ``frontend`` is the only change reported when there is one."""
+    if saved.get("frontend") != current.get("frontend"):
+        return [("frontend", saved.get("frontend"), current.get("frontend"))]
+    cls = frontend_class(current["frontend"])
+    before, after = (build_options(cls.Config, {k: v for k, v in d.items() if k != "frontend"}, "data")
+                     for d in (saved, current))
+    same = set(getattr(cls.Config, "same_data_fields", ()))
+    return [(f.name, getattr(before, f.name), getattr(after, f.name)) for f in fields(cls.Config)
+            if f.name not in same and getattr(before, f.name) != getattr(after, f.name)]
+
+
+def option_value(value: Any) -> str:
+    """``value`` as the user writes it on the command line (null, true, 8000)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(option_value(v) for v in value) + "]"
+    return str(value)

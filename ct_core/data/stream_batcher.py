@@ -382,16 +382,16 @@ class StreamBatcher:
             ("mode", "the batcher mode", "use a state saved in the same mode"),
             ("batch_size", "trainer.batch_size", "resume with the same trainer.batch_size"),
             ("seq_len", "memory.seq_len", "resume with the same memory.seq_len"),
-            ("n_documents", "the number of documents", "resume with the same data"),
-            ("total_targets", "the number of target tokens", "resume with the same data"),
-            ("seed", "the data seed", "resume with the same seed"),
-            ("shuffle", "the shuffle setting", "resume with the same shuffle setting"),
+            ("n_documents", "the training split's documents", "the corpus changed: resume with the same data"),
+            ("total_targets", "the training split's tokens", "the corpus changed: resume with the same data"),
+            ("seed", "trainer.seed", "resume with the same trainer.seed"),
+            ("shuffle", "trainer.shuffle", "resume with the same trainer.shuffle"),
         ]
         mine = self.state_dict()
         for key, name, fix in checks:
             if state.get(key) != mine[key]:
                 raise ConfigError(
-                    f"batcher state was saved with {name} = {state.get(key)!r} but this run has "
+                    f"the checkpoint's batches were drawn with {name} = {state.get(key)!r} but this run has "
                     f"{mine[key]!r}; {fix} or start a new run"
                 )
         self._epoch = [int(v) for v in state["epoch"]]

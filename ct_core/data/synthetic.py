@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, ClassVar, Mapping
 
 import numpy as np
 
@@ -43,6 +43,9 @@ KINDS = ("copy", "periodic", "recall")
 
 @dataclass
 class SyntheticConfig:
+    #: Options that leave the documents unchanged: none, they are generated from the others.
+    same_data_fields: ClassVar[tuple[str, ...]] = ()
+
     n_documents: int = 64
     min_len: int = 200
     max_len: int = 2000

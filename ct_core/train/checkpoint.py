@@ -9,6 +9,7 @@ Payload keys (the trainer fills them; ``FORMAT_VERSION`` changes when they do):
 =================  ============================================================
 ``format_version`` int, :data:`FORMAT_VERSION`
 ``package_version`` str, :func:`package_version` of the writer
+``run_id``         str, the run that wrote it (:mod:`ct_core.train.run_lineage`; absent in older files)
 ``config``         the resolved recipe as a plain nested dict
 ``model``          ``model.state_dict()``
 ``step``           optimizer steps taken

@@ -53,6 +53,7 @@ from ct_core.model.lm import CompressiveTransformerLM
 from ct_core.train.optim import build_optimizer, build_scheduler
 from ct_core.train.prefetch import BatchPrefetcher
 from ct_core.train.run_config import RunConfig
+from ct_core.train.run_lineage import RUN_ID_KEY, new_run_id
 from ct_core.train.runtime import (attention_backend, autocast_context, configure_torch, resolve_device,
                                    seed_everything)
 from ct_core.train.stop_requests import StopRequests, TrainingStopped
@@ -65,8 +66,12 @@ class NonFiniteLossError(UserError):
 
 
 class Trainer:
-    def __init__(self, cfg: RunConfig, frontend: FrontEnd, run_dir: Path, ctx: DistContext | None = None) -> None:
+    def __init__(self, cfg: RunConfig, frontend: FrontEnd, run_dir: Path, ctx: DistContext | None = None,
+                 run_id: str | None = None) -> None:
         self.cfg, self.frontend, self.run_dir = cfg, frontend, Path(run_dir)
+        # Stored in every checkpoint: which run (lineage) wrote it. ct-train
+        # passes the run directory's; a trainer used on its own is a new run.
+        self.run_id = run_id or new_run_id()
         self.ctx = ctx or DistContext()
         t = cfg.trainer
         configure_torch(t.threads, t.deterministic)
@@ -129,6 +134,7 @@ class Trainer:
         return {
             "format_version": FORMAT_VERSION,
             "package_version": package_version(),
+            RUN_ID_KEY: self.run_id,
             "config": self.cfg.raw,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),

@@ -1,0 +1,112 @@
+"""How much memory sampling ``B`` streams needs, and whether it fits.
+
+``ct-sample --batch B`` decodes B streams at once with an
+:class:`~ct_core.model.sampling.IncrementalDecoder`. Everything it holds
+grows with B but the model's weights, which it needs once. Per stream, with ``L`` layers, width ``D``, ``K = cmem_len + mem_len +
+seq_len`` keys, vocabulary ``V``, ``P`` prompt and ``N`` new tokens:
+
+- the decoder's buffers (:func:`decoder_buffer_bytes`, exactly what it
+  allocates): keys and values ``2·L·K·D`` and the positions' projections
+  ``L·K·D`` in the compute dtype; the segment's recorded layer inputs
+  ``L·seq_len·D`` and the memories ``L·(mem_len + cmem_len)·D`` in the
+  parameters' dtype; attention usage ``L·K`` floats and validity masks;
+- what one step holds at its peak: the attention scores and probabilities
+  of one layer over a whole segment ``3·H·seq_len·K``, its hidden states
+  and feed-forward activations ``seq_len·(4·D + d_ff)``, and the next
+  memories while Algorithm 1 replaces the old ones;
+- logits: ``P·V`` for the prompt (fed in one go) in the compute dtype,
+  and while a token is drawn, a few float copies of its row ``5·V``;
+- the tokens themselves, kept three times over (drawn, collected,
+  joined with the prompt) as int64: ``3·(P + N)``.
+
+Available memory is ``MemAvailable`` of ``/proc/meminfo`` for the CPU and
+``torch.cuda.mem_get_info`` (plus what PyTorch's allocator holds unused) on
+CUDA; elsewhere it is unknown and nothing is checked.
+
+Example::
+
+    need = sampling_bytes(model.cfg, batch=4, mem_len=768, cmem_len=768, prompt_len=1,
+                          new_tokens=72_000, param_dtype=torch.float32, compute_dtype=torch.bfloat16)
+    check_fits(need, weights, available_bytes(torch.device("cuda:0")), "cuda:0", batch=4, option="--batch")
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ct_core.errors import ConfigError
+from ct_core.model.config import ModelConfig
+
+MEMINFO = Path("/proc/meminfo")
+GIB = 2**30
+
+
+def _size(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
+
+
+def decoder_buffer_bytes(cfg: ModelConfig, batch: int, mem_len: int, cmem_len: int, param_dtype: torch.dtype,
+                         compute_dtype: torch.dtype) -> int:
+    """Bytes of every tensor an ``IncrementalDecoder`` of ``batch`` streams
+    keeps (its caches, recorded layer inputs, usage, masks, position
+    projections, its step's fixed inputs and the memories it starts from)."""
+    L, D, T = cfg.n_layers, cfg.d_model, cfg.seq_len
+    K = cmem_len + mem_len + T
+    p, c, f32 = _size(param_dtype), _size(compute_dtype), _size(torch.float32)
+    kv = 2 * L * batch * K * D * c  # k, v: L x [B, H, K, d]
+    positions = L * K * D * c  # r: L x [K, H, d]
+    hidden = L * batch * T * D * p  # [L, B, T, D]
+    usage = L * batch * K * f32  # L x [B, K]
+    key_valid = batch * K  # [B, K] bool
+    step_inputs = batch * 8 + 2 * 8  # token [B, 1] and slot, row [1] (int64)
+    memory = L * batch * (mem_len + cmem_len) * D * p + batch * (mem_len + cmem_len)  # mem, cmem and masks
+    return kv + positions + hidden + usage + key_valid + step_inputs + memory
+
+
+def sampling_bytes(cfg: ModelConfig, batch: int, mem_len: int, cmem_len: int, prompt_len: int, new_tokens: int,
+                   param_dtype: torch.dtype, compute_dtype: torch.dtype) -> int:
+    """Bytes that sampling ``batch`` streams adds to the loaded model (see
+    the module docstring for what is counted)."""
+    L, D, T, V, H = cfg.n_layers, cfg.d_model, cfg.seq_len, cfg.vocab_size, cfg.n_heads
+    K = cmem_len + mem_len + T
+    p, c, f32 = _size(param_dtype), _size(compute_dtype), _size(torch.float32)
+    buffers = decoder_buffer_bytes(cfg, batch, mem_len, cmem_len, param_dtype, compute_dtype)
+    step = batch * (3 * H * T * K * f32 + T * (4 * D + cfg.d_ff) * c + L * (mem_len + cmem_len) * D * p)
+    logits = batch * (prompt_len * V * c + 5 * V * f32)  # the prompt's, then one row's float copies while drawing
+    tokens = 3 * batch * (prompt_len + new_tokens) * 8
+    return buffers + step + logits + tokens
+
+
+def available_bytes(device: torch.device) -> int | None:
+    """Memory free for new tensors on ``device``; None where it is unknown."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return int(free + cached)
+    if device.type == "cpu":
+        try:
+            for line in MEMINFO.read_text().splitlines():
+                name, _, value = line.partition(":")
+                if name == "MemAvailable":
+                    return int(value.split()[0]) * 1024  # reported in kB
+        except (OSError, ValueError, IndexError):
+            return None
+    return None
+
+
+def check_fits(streams: int, weights: int, available: int | None, where: str, batch: int, option: str) -> None:
+    """A one-line :class:`ConfigError` when ``streams`` bytes for ``batch``
+    streams plus ``weights`` bytes of the model exceed ``available`` on
+    ``where``; nothing when ``available`` is unknown."""
+    need = streams + weights
+    if available is None or need <= available:
+        return
+    fits = batch * max(available - weights, 0) // max(streams, 1)
+    hint = (f"at most about {fits} streams fit" if fits >= 1
+            else "not even one stream fits: sample fewer tokens or use another device")
+    raise ConfigError(
+        f"{option} {batch} needs about {need / GIB:.2f} GiB (model weights and streams) but "
+        f"{available / GIB:.2f} GiB is available on {where}; lower {option} ({hint})"
+    )
