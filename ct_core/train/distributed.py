@@ -33,10 +33,13 @@ class DistContext:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    # In a process group even alone: DDP, its bucket all-reduce and every
+    # collective run at world size 1 (bench.gpu_check checks them so on one GPU).
+    forced: bool = False
 
     @property
     def enabled(self) -> bool:
-        return self.world_size > 1
+        return self.world_size > 1 or self.forced
 
     @property
     def is_main(self) -> bool:
