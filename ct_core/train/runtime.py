@@ -1,6 +1,7 @@
 """Where and how a run computes: device resolution, mixed precision, seeds,
-threads and determinism. Shared by ct-train, ct-eval and ct-sample so the
-three agree on what ``auto`` means.
+threads and determinism, and full fp32 for comparisons against a
+reference. Shared by ct-train, ct-eval and ct-sample so the three agree on
+what ``auto`` means.
 
 Example::
 
