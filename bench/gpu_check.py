@@ -9,7 +9,8 @@ as it finishes: a JSON line appended to ``<out>/gpu_<device>_<date>.jsonl``
 and the Markdown report ``<out>/gpu_<device>_<date>.md`` regenerated, so a
 timeout or a crash in a later row loses nothing. A row that raises
 (anything, ``BaseException`` included) is recorded with its error and the
-next one runs; Ctrl-C records the row it stopped and ends the check.
+next one runs; Ctrl-C, or a SIGTERM caught by a training row, records the
+row it stopped and ends the check (a SIGTERM elsewhere ends it at once).
 ``--only``/``--skip`` pick rows; ``--budget SECONDS`` skips, and lists,
 the rows whose estimate would no longer fit.
 
@@ -157,8 +158,9 @@ def main(argv: list[str] | None = None) -> int:
             continue
         result = run_row(row, ctx, estimate)
         results.add(result)
-        if result.error and result.error.startswith("KeyboardInterrupt"):
-            results.note("Interrupted (Ctrl-C): the rows after it did not run.")
+        # Ctrl-C, or a SIGTERM (``timeout``) that a training row turned into a saved stop: end here.
+        if result.error and result.error.split(":")[0] in ("KeyboardInterrupt", "TrainingStopped"):
+            results.note(f"Stopped during {row.name} ({result.error}): the rows after it did not run.")
             return 130
     if over_budget:
         results.note(f"Skipped for the budget of {args.budget:.0f} s: {', '.join(over_budget)}.")

@@ -128,6 +128,20 @@ def test_the_default_run_fits_six_minutes_on_one_h200_by_its_estimates():
     assert sum(row.estimate_s for row in gpu_check.ROWS) <= 360
 
 
+def test_a_stop_signal_caught_by_a_training_row_ends_the_check(tmp_path, monkeypatch):
+    from ct_core.train.stop_requests import TrainingStopped
+
+    def stopped(ctx):
+        raise TrainingStopped("SIGTERM", signal.SIGTERM, 3, tmp_path / "last.pt")
+
+    rows = (Row("first", "stops", stopped, 1, 1), *[r for r in gpu_check.ROWS if r.name == "gemm_peak"])
+    monkeypatch.setattr(gpu_check, "ROWS", rows)
+    monkeypatch.setattr(gpu_check, "ROW_NAMES", ("first", "gemm_peak"))
+    assert main(["--device", "cpu", "--out", str(tmp_path)]) == 130
+    assert [r["row"] for r in read_rows(tmp_path)] == ["first"]
+    assert "Stopped during first (TrainingStopped: SIGTERM at step 3" in next(tmp_path.glob("*.md")).read_text()
+
+
 def test_run_row_records_ctrl_c_as_an_error_line():
     def interrupted(ctx):
         raise KeyboardInterrupt

@@ -7,6 +7,7 @@ GPU first (checked with the calls recorded, as a CPU has no GPU)."""
 
 import json
 import os
+import re
 import shlex
 import signal
 import socket
@@ -101,7 +102,8 @@ def test_sigterm_to_one_rank_stops_both_with_a_checkpoint_and_the_resume_command
     # Both ranks stopped at the step saved and said so, rank 0 having been told by rank 1.
     assert err.count(f"ct-train: SIGTERM at step {saved['step']}; saved {last}") == 2, err[-4000:]
     assert "Traceback (most recent call last)" not in err.split("ct-train: SIGTERM", 1)[0], err[-4000:]
-    command = next(line for line in err.splitlines() if "continue with:" in line).split("continue with:", 1)[1]
+    # Both ranks print it; their lines may interleave, each write is whole.
+    command = re.search(r"continue with: (ct-train .*?resume=auto)", err).group(1)
     argv = shlex.split(command)
     assert argv[0] == "ct-train" and "resume=auto" in argv and f"hydra.run.dir={run_dir}" in argv, command
     resumed = run_cli(*argv, f"trainer.steps={saved['step'] + 1}", cwd=tmp_path)
