@@ -75,10 +75,10 @@ def load_average() -> str:
     return " / ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
 
 
-def environment_header(module: str, device: torch.device) -> list[str]:
-    """Markdown lines: command, commit, versions, device, date, threads."""
+def environment_header(module: str, device: torch.device, commit: str | None = None) -> list[str]:
+    """Markdown lines: command, commit (``commit``, else read from git), versions, device, date, threads."""
     return [f"- command: `{' '.join(['python -m', module, shlex.join(sys.argv[1:])]).strip()}`",
-            f"- commit: `{git_commit()}`",
+            f"- commit: `{commit or git_commit()}`",
             f"- torch {torch.__version__}, Python {platform.python_version()}; peers: compressive-transformer-pytorch "
             f"{package_version('compressive-transformer-pytorch')}, x-transformers {package_version('x-transformers')}",
             f"- device: {device_name(device)}; torch threads: {torch.get_num_threads()}",

@@ -29,6 +29,7 @@ CONFIG_DIR_FLAGS = ("--config-dir", "-cd")
 
 def train_from_config(raw: dict[str, Any], run_dir: Path) -> dict[str, float]:
     """Prepare data, build everything, resume if asked, train, write samples."""
+    from ct_core.train.attention_backend import refuse_flex_on_cpu
     from ct_core.train.checkpoint import load_checkpoint
     from ct_core.train.distributed import init_distributed, run_on_local_leader, shutdown
     from ct_core.errors import CheckpointError
@@ -40,6 +41,7 @@ def train_from_config(raw: dict[str, Any], run_dir: Path) -> dict[str, float]:
     ctx = init_distributed(device_kind(str((raw.get("trainer") or {}).get("device", "auto"))))
     try:
         cfg, frontend = build_run(raw)
+        refuse_flex_on_cpu(cfg.trainer.attention_backend, cfg.trainer.device)
         claim = claim_run_dir(run_dir, cfg)  # the checkpoint to resume is checked against the recipe here
         # Local rank 0 of each node prepares (and caches) the data, the
         # node's other ranks wait for it as long as it takes, then find it ready.
@@ -134,10 +136,12 @@ def check_before_hydra(overrides: list[str], config_dir: str | None) -> Path:
     overwritten) and the checkpoint to resume (fits the recipe, belongs
     to the directory's run). Returns the run directory."""
     from ct_core.cli.run_setup import build_run
+    from ct_core.train.attention_backend import refuse_flex_on_cpu
 
     # One line for a mistyped key, not Hydra's multi-line report.
     raw = compose_recipe(overrides, PROG, config_dir)
     cfg, _ = build_run(raw)
+    refuse_flex_on_cpu(cfg.trainer.attention_backend, cfg.trainer.device)
     run_dir = planned_run_dir(overrides, config_dir)
     claim_run_dir(run_dir, cfg)
     return run_dir

@@ -21,9 +21,12 @@ Two kernels, chosen by the form of the mask (see
   GEMM), softmax and ``bmm``; that path also serves a few queries (decoding)
   and reports the attention usage.
 - FlexAttention (``flex``, CUDA by default): the unshifted position scores
-  ``[B, H, T, K]`` are read by a ``score_mod`` at the shifted index, and a
-  block mask (causality, empty memory slots) lets the kernel skip whole
-  blocks of keys. No shifted copy, bias or mask of full size is built.
+  ``[B, H, T, K]`` are read by a ``score_mod`` at the shifted index, which
+  also hides empty memory slots; a causal block mask lets the kernel skip
+  the future keys' blocks. No shifted copy, bias or mask of full size is
+  built, and the block mask depends only on ``(T, K)``, so one
+  :class:`BlockMaskCache` builds it once per shape (see there why empty
+  slots are not part of it).
 
 Either way the position scores are built in the compute dtype (bf16 under
 autocast), never in fp32 at full size.
@@ -38,7 +41,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -73,18 +76,54 @@ def attention_mask(key_valid: Tensor, n_queries: int, dtype: torch.dtype) -> Ten
     return torch.where(allowed, zero, float("-inf"))[:, None, :, :]
 
 
-def flex_block_mask(key_valid: Tensor, n_queries: int) -> BlockMask:
-    """The block mask of :func:`attention_mask` for FlexAttention: query
-    ``i`` (key index ``K - T + i``) sees filled keys up to itself."""
+def causal_block_mask(n_queries: int, n_keys: int, device: torch.device) -> BlockMask:
+    """FlexAttention's block mask of causality alone, for every row and head:
+    query ``i`` (key index ``K - T + i``) sees the keys up to itself."""
     from torch.nn.attention.flex_attention import create_block_mask
 
-    batch, n_keys = key_valid.shape
     offset = n_keys - n_queries
 
     def mask_mod(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
-        return (kv_idx <= q_idx + offset) & key_valid[b, kv_idx]
+        return kv_idx <= q_idx + offset
 
-    return create_block_mask(mask_mod, batch, None, n_queries, n_keys, device=key_valid.device)
+    return create_block_mask(mask_mod, None, None, n_queries, n_keys, device=device)
+
+
+class FlexMask(NamedTuple):
+    """What FlexAttention needs in place of :func:`attention_mask`: the
+    causal block mask and which keys are filled, ``key_valid`` ``[B, K]``."""
+
+    block_mask: BlockMask
+    key_valid: Tensor
+
+
+class BlockMaskCache:
+    """Causal block masks by ``(T, K, device)``, built once each.
+
+    Empty memory slots are hidden by the ``score_mod`` instead of the block
+    mask: which slots are filled changes while memories fill and whenever a
+    row is reset, and noticing that on the host would mean reading the
+    validity from the GPU before every forward, a sync per step. The blocks
+    this gives up skipping are empty memory, which exists only in the first
+    segments after a reset; with full memories (the steady state) no block
+    is empty anyway. ``hits`` and ``misses`` count the look-ups.
+    """
+
+    def __init__(self) -> None:
+        self._masks: dict[tuple[int, int, torch.device], BlockMask] = {}
+        self.hits = 0
+        self.misses = 0
+
+    def flex_mask(self, key_valid: Tensor, n_queries: int) -> FlexMask:
+        """The :class:`FlexMask` of ``n_queries`` queries over keys ``key_valid`` ``[B, K]``."""
+        key = (n_queries, key_valid.shape[1], key_valid.device)
+        block_mask = self._masks.get(key)
+        if block_mask is None:
+            self.misses += 1
+            block_mask = self._masks[key] = causal_block_mask(n_queries, key_valid.shape[1], key_valid.device)
+        else:
+            self.hits += 1
+        return FlexMask(block_mask, key_valid)
 
 
 @functools.cache
@@ -140,7 +179,7 @@ class RelativeMultiHeadAttention(nn.Module):
         q: Tensor,
         k: Tensor,
         v: Tensor,
-        mask: Tensor | BlockMask,
+        mask: Tensor | FlexMask,
         r: Tensor,
         want_usage: bool = False,
     ) -> tuple[Tensor, Tensor | None]:
@@ -149,7 +188,7 @@ class RelativeMultiHeadAttention(nn.Module):
         q: ``[B, H, T, d]`` from :meth:`project_query`; k, v: ``[B, H, K,
         d]`` with the queries' own keys last, in the compute dtype; mask:
         ``[B, 1, T, K]`` additive, from :func:`attention_mask` (shared by all
-        layers), or a :func:`flex_block_mask` to run FlexAttention; r: ``[K,
+        layers), or a :class:`FlexMask` to run FlexAttention; r: ``[K,
         H, d]`` projected encodings of distances ``K-1 .. 0``. Returns the
         output ``[B, T, D]`` and, if ``want_usage``, the attention mass per
         key summed over heads and queries ``[B, K]`` (for ``most_used``
@@ -157,7 +196,7 @@ class RelativeMultiHeadAttention(nn.Module):
         """
         b, t = q.shape[0], q.shape[2]
         dtype = k.dtype  # the compute dtype: bf16 under autocast, else the parameters'
-        if not isinstance(mask, Tensor):  # a BlockMask
+        if isinstance(mask, FlexMask):
             if want_usage:
                 raise ValueError("FlexAttention does not report the attention usage; pass an additive mask")
             qu = (q + self.u[:, None, :]).to(dtype)
@@ -228,19 +267,22 @@ class RelativeMultiHeadAttention(nn.Module):
         shifted = rel_shift_padded(padded.view(n_heads, b, t, n_keys + 1))  # [H, B, T, K]
         return shifted.transpose(0, 1)
 
-    def _flex(self, qu: Tensor, k: Tensor, v: Tensor, bd: Tensor, block_mask: BlockMask) -> Tensor:
+    def _flex(self, qu: Tensor, k: Tensor, v: Tensor, bd: Tensor, mask: FlexMask) -> Tensor:
         """FlexAttention with the position term read from the unshifted
         scores ``bd`` ``[B, H, T, K]``: the score of query ``i`` and key ``j``
         gets ``bd[i, j + T - 1 - i]`` (what :func:`rel_shift` would move to
         ``[i, j]``; indices past ``K`` belong to future keys, which the block
-        mask hides, and are clamped). Returns ``[B, H, T, d]``."""
+        mask hides, and are clamped), and empty memory slots get ``-inf``
+        (every query sees at least its own key, so no row is all ``-inf``).
+        Returns ``[B, H, T, d]``."""
         t, n_keys = bd.shape[-2], bd.shape[-1]
-        shift, scale = t - 1, self.scale
+        shift, scale, key_valid = t - 1, self.scale, mask.key_valid
 
         def score_mod(score: Tensor, b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
-            return score + bd[b, h, q_idx, torch.clamp(kv_idx + shift - q_idx, max=n_keys - 1)] * scale
+            position = bd[b, h, q_idx, torch.clamp(kv_idx + shift - q_idx, max=n_keys - 1)] * scale
+            return torch.where(key_valid[b, kv_idx], score + position, float("-inf"))
 
-        return _flex_attention()(qu, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale)
+        return _flex_attention()(qu, k, v, score_mod=score_mod, block_mask=mask.block_mask, scale=scale)
 
 
 def _merges(x: Tensor, outer: int, inner: int) -> bool:

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ct_core.model.adaptive import AdaptiveInput, AdaptiveSoftmax, ClusterTables
-from ct_core.model.attention import attention_mask, compute_dtype, flex_block_mask
+from ct_core.model.attention import BlockMaskCache, attention_mask, compute_dtype
 from ct_core.model.block import Block
 from ct_core.model.compression import build_compressor
 from ct_core.model.compression_loss import (AutoencodingDecoder, ForwardAttention, attention_reconstruction_loss,
@@ -106,6 +106,7 @@ class CompressiveTransformerLM(nn.Module):
         FlexAttention); see :mod:`ct_core.model.execution`."""
         self.execution = execution
         self._block_fns = block_callables(self.blocks, execution)
+        self.block_masks = BlockMaskCache()  # FlexAttention's causal masks, one per segment and key length
 
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, (nn.Linear, nn.Embedding)):
@@ -316,7 +317,7 @@ class CompressiveTransformerLM(nn.Module):
         flex = (self.execution.attention == "flex" and not want_usage
                 and not (self.training and self.cfg.attn_dropout > 0))
         if flex:
-            mask = flex_block_mask(key_valid, t)
+            mask = self.block_masks.flex_mask(key_valid, t)
         else:
             mask = attention_mask(key_valid, t, compute_dtype(h))  # [B, 1, T, K]
         # Algorithm 2 reuses the forward's queries, keys and values.

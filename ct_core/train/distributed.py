@@ -17,7 +17,7 @@ from __future__ import annotations
 import datetime
 import os
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import torch
 import torch.distributed as dist
@@ -33,26 +33,41 @@ class DistContext:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    # In a process group even alone: DDP, its bucket all-reduce and every
+    # collective run at world size 1 (bench.gpu_check checks them so on one GPU).
+    forced: bool = False
 
     @property
     def enabled(self) -> bool:
-        return self.world_size > 1
+        return self.world_size > 1 or self.forced
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
 
 
-def init_distributed(device_kind: str) -> DistContext:
-    """Join the process group when launched by torchrun, else a single process."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+def init_distributed(device_kind: str, env: Mapping[str, str] = os.environ,
+                     set_device: Callable[[int], None] = torch.cuda.set_device,
+                     init_process_group: Callable[..., None] = dist.init_process_group) -> DistContext:
+    """Join the process group when launched by torchrun, else a single process.
+
+    On CUDA the rank takes its local GPU before joining, and names it
+    (``device_id``), so that NCCL's communicator and every barrier use that
+    GPU from the start rather than GPU 0 of the node. ``set_device`` and
+    ``init_process_group`` are torch's own (parameters only so that a test
+    can see the order of the calls)."""
+    world = int(env.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistContext()
-    ctx = DistContext(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
+    ctx = DistContext(int(env["RANK"]), world, int(env.get("LOCAL_RANK", "0")))
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device_kind == "cuda" else "gloo")
-    if device_kind == "cuda":
-        torch.cuda.set_device(ctx.local_rank)
+        if device_kind == "cuda":
+            set_device(ctx.local_rank)
+            init_process_group(backend="nccl", device_id=torch.device("cuda", ctx.local_rank))
+        else:
+            init_process_group(backend="gloo")
+    elif device_kind == "cuda":
+        set_device(ctx.local_rank)
     return ctx
 
 
@@ -108,6 +123,52 @@ def run_on_local_leader(ctx: DistContext, fn: Callable[[], None],
         raise error
     if failed.item():
         raise UserError("data preparation failed on local rank 0 of a node; its log says why")
+
+
+class AnyRankFlag:
+    """Whether any rank has raised a flag, learnt one call late and without
+    blocking the training: every call sends this rank's flag in an
+    all-reduce that runs in the background on a gloo group of its own (CPU
+    tensors, so no GPU sync and nothing queued on NCCL), and returns the
+    sum sent at the previous call, which has long arrived. Every rank calls
+    :meth:`exchange` once per step, so all of them get the same answer at the
+    same step. Single process: the flag itself, at once.
+
+    Example::
+
+        stop = AnyRankFlag(ctx)
+        while training:
+            if stop.exchange(signalled): break    # every rank breaks at the same step
+        stop.close()
+    """
+
+    def __init__(self, ctx: DistContext) -> None:
+        self.ctx = ctx
+        self._group = dist.new_group(backend="gloo") if ctx.enabled else None
+        self._sent: torch.Tensor | None = None
+        self._work: Any = None
+
+    def exchange(self, raised: bool) -> bool:
+        """Send ``raised``; whether any rank raised its flag at the previous call."""
+        if self._group is None:
+            return raised
+        any_before = False
+        if self._work is not None:
+            self._work.wait()  # launched a step ago: the other ranks sent theirs as they began that step
+            any_before = bool(self._sent.item())  # a CPU tensor: no device sync
+        self._sent = torch.tensor([float(raised)])
+        self._work = dist.all_reduce(self._sent, op=dist.ReduceOp.SUM, group=self._group, async_op=True)
+        return any_before
+
+    def close(self) -> None:
+        """Wait for the exchange in flight and leave the group (every rank, together)."""
+        if self._group is None:
+            return
+        if self._work is not None:
+            self._work.wait()
+            self._work = None
+        dist.destroy_process_group(self._group)
+        self._group = None
 
 
 def barrier(ctx: DistContext) -> None:

@@ -1,6 +1,7 @@
 """Where and how a run computes: device resolution, mixed precision, seeds,
-threads and determinism. Shared by ct-train, ct-eval and ct-sample so the
-three agree on what ``auto`` means.
+threads and determinism, and full fp32 for comparisons against a
+reference. Shared by ct-train, ct-eval and ct-sample so the three agree on
+what ``auto`` means.
 
 Example::
 
@@ -14,13 +15,13 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+from typing import Iterator
 
 import numpy as np
 import torch
 
 from ct_core.errors import ConfigError
 from ct_core.train.distributed import DistContext
-
 
 
 def device_kind(name: str) -> str:
@@ -51,19 +52,25 @@ def resolve_device(name: str, ctx: DistContext | None = None, option: str = "tra
     return device
 
 
-def attention_backend(name: str, device: torch.device) -> str:
-    """``sdpa`` or ``flex`` for ``trainer.attention_backend`` (``auto``:
-    FlexAttention on CUDA, SDPA on CPU, whose numbers the tests pin down)."""
-    if name == "auto":
-        return "flex" if device.type == "cuda" else "sdpa"
-    return name
-
-
 def autocast_context(device: torch.device, precision: str):
     """bf16 autocast on CUDA only; CPU runs stay fp32 (bf16 matmuls are slow there)."""
     if device.type == "cuda" and precision in ("auto", "bf16"):
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def exact_fp32() -> Iterator[None]:
+    """fp32 matmuls and convolutions in full fp32 (TF32 off) inside, as
+    they were outside afterwards: for comparisons against a reference,
+    where TF32's 10-bit mantissa would pass for a bug. Throughput keeps
+    whatever the run set."""
+    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
 
 
 def seed_everything(seed: int) -> None:

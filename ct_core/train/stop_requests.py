@@ -7,13 +7,17 @@ between steps, saves a checkpoint and raises :class:`TrainingStopped`. A
 second signal means "now": it raises ``KeyboardInterrupt`` at once (a save
 in progress is abandoned and its temporary file removed; the previous
 checkpoint stays). Under ``torchrun`` every rank stops at the same step, so
-that the checkpoint's collective gather does not hang.
+that the checkpoint's collective gather does not hang: the ranks learn of
+each other's signals one step late, through an all-reduce on a gloo group
+of its own that runs in the background
+(:class:`~ct_core.train.distributed.AnyRankFlag`), so checking costs the
+step no GPU sync and no blocking collective.
 
 Example::
 
-    with StopRequests() as stop:
+    with StopRequests(ctx) as stop:
         while training:
-            if stop.requested(ctx, device):
+            if stop.requested():
                 save(); raise TrainingStopped(stop.signal_name, stop.signum, step, checkpoint)
             train_step()
         save(); stop.release()   # from here on a signal stops at once
@@ -27,9 +31,7 @@ import threading
 from pathlib import Path
 from types import FrameType
 
-import torch
-
-from ct_core.train.distributed import DistContext, all_reduce_sum
+from ct_core.train.distributed import AnyRankFlag, DistContext
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -48,11 +50,14 @@ class TrainingStopped(Exception):
 
 
 class StopRequests:
-    """Catch SIGINT/SIGTERM while active; the previous handlers come back on exit."""
+    """Catch SIGINT/SIGTERM while active; the previous handlers come back on
+    exit. Under torchrun (``ctx.enabled``) every rank must enter together."""
 
-    def __init__(self) -> None:
+    def __init__(self, ctx: DistContext | None = None) -> None:
+        self.ctx = ctx or DistContext()
         self.signum: int | None = None
         self._previous: dict[int, object] = {}
+        self._any_rank: AnyRankFlag | None = None
 
     @property
     def signal_name(self) -> str:
@@ -65,15 +70,18 @@ class StopRequests:
         print(f"{signal.Signals(signum).name}: finishing this step, then saving a checkpoint "
               "(send it again to stop without saving)", file=sys.stderr, flush=True)
 
-    def requested(self, ctx: DistContext | None = None, device: torch.device | None = None) -> bool:
-        """Whether to stop now; under torchrun, whether any rank was asked."""
+    def requested(self) -> bool:
+        """Whether to stop now: this process was signalled, or, under
+        torchrun, some rank had been by the previous call (all ranks agree;
+        a signal reaches the decision one step later than alone). Call it
+        once per step on every rank."""
         asked = self.signum is not None
-        if ctx is None or not ctx.enabled:
+        if self._any_rank is None:
             return asked
-        (total,) = all_reduce_sum(ctx, [float(asked)], device or torch.device("cpu"))
-        if total and self.signum is None:
+        stop = self._any_rank.exchange(asked)
+        if stop and self.signum is None:
             self.signum = signal.SIGTERM  # another rank was signalled
-        return total > 0
+        return stop
 
     def release(self) -> None:
         """Give the signals back to their previous handlers (Ctrl-C raises
@@ -87,7 +95,15 @@ class StopRequests:
         if threading.current_thread() is threading.main_thread():
             for sig in SIGNALS:
                 self._previous[sig] = signal.signal(sig, self._handle)
+        if self.ctx.enabled:
+            self._any_rank = AnyRankFlag(self.ctx)
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: object, *exc: object) -> None:
         self.release()
+        # After an error of this rank alone the others may never send their
+        # part of the exchange in flight: leave it, the process is going down.
+        clean = exc_type is None or (isinstance(exc_type, type) and issubclass(exc_type, TrainingStopped))
+        if self._any_rank is not None and clean:
+            self._any_rank.close()
+        self._any_rank = None

@@ -26,6 +26,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import time
 from pathlib import Path
@@ -42,7 +43,8 @@ from ct_core.train.checkpoint import (
     package_version,
     restore_rng_state,
 )
-from ct_core.train.distributed import DistContext, all_reduce_, barrier, gather_to_main
+from ct_core.train.attention_backend import SelfTest, choose_attention, flex_self_test
+from ct_core.train.distributed import DistContext, all_reduce_, all_reduce_sum, barrier, gather_to_main
 from ct_core.errors import CheckpointError, ConfigError, UserError
 from ct_core.train.evaluator import EvalResult, evaluate
 from ct_core.data.frontend import FrontEnd
@@ -54,8 +56,7 @@ from ct_core.train.optim import build_optimizer, build_scheduler
 from ct_core.train.prefetch import BatchPrefetcher
 from ct_core.train.run_config import RunConfig
 from ct_core.train.run_lineage import RUN_ID_KEY, new_run_id
-from ct_core.train.runtime import (attention_backend, autocast_context, configure_torch, resolve_device,
-                                   seed_everything)
+from ct_core.train.runtime import autocast_context, configure_torch, resolve_device, seed_everything
 from ct_core.train.stop_requests import StopRequests, TrainingStopped
 from ct_core.model.sampling import generate
 from ct_core.data.stream_batcher import StreamBatcher
@@ -66,8 +67,11 @@ class NonFiniteLossError(UserError):
 
 
 class Trainer:
+    """``attention_self_test`` decides whether FlexAttention can be trusted
+    on this device (see :mod:`ct_core.train.attention_backend`)."""
+
     def __init__(self, cfg: RunConfig, frontend: FrontEnd, run_dir: Path, ctx: DistContext | None = None,
-                 run_id: str | None = None) -> None:
+                 run_id: str | None = None, attention_self_test: SelfTest = flex_self_test) -> None:
         self.cfg, self.frontend, self.run_dir = cfg, frontend, Path(run_dir)
         # Stored in every checkpoint: which run (lineage) wrote it. ct-train
         # passes the run directory's; a trainer used on its own is a new run.
@@ -86,11 +90,11 @@ class Trainer:
 
         self.model = CompressiveTransformerLM(cfg.model)
         self.model.to(self.device)
-        self.model.set_execution(Execution(
-            attention=attention_backend(t.attention_backend, self.device),
-            activation_checkpointing=t.activation_checkpointing,
-            compile_backend=t.compile_backend if t.compile else None,
-        ))
+        execution = Execution(activation_checkpointing=t.activation_checkpointing,
+                              compile_backend=t.compile_backend if t.compile else None)
+        attention = choose_attention(t.attention_backend, self.device, t.precision, execution, attention_self_test,
+                                     agree=self._all_ranks_agree)
+        self.model.set_execution(dataclasses.replace(execution, attention=attention.backend))
         # Fused on CUDA, which also lets the update be skipped on the device.
         self.skip_on_device = self.device.type == "cuda"
         self.optimizer = build_optimizer(self.model, cfg.optim, fused=self.skip_on_device)
@@ -125,9 +129,16 @@ class Trainer:
         self.checkpoints = CheckpointManager(self.run_dir / "checkpoints", keep_last=t.keep_last)
         self.logger = MetricLogger(self.run_dir, total_steps=t.steps, enabled=self.ctx.is_main,
                                    log_every=t.log_every)
+        if attention.message:
+            self.logger.message(attention.message)
         if any(not p.requires_grad for p in self.model.compressors.parameters()):
             self.logger.message(f"compressor weights frozen: compression_loss={cfg.model.compression_loss} "
                                 "trains nothing of f_c")
+
+    def _all_ranks_agree(self, ok: bool) -> bool:
+        """Whether ``ok`` holds on every rank (one all-reduce, at start-up)."""
+        (total,) = all_reduce_sum(self.ctx, [float(ok)], self.device)
+        return total == self.ctx.world_size
 
     # ------------------------------------------------------------ checkpoint
     def _payload(self, per_rank: list[dict[str, Any]]) -> dict[str, Any]:
@@ -280,7 +291,7 @@ class Trainer:
         Final samples (``trainer.sample_tokens``) are the caller's to write.
         Ctrl-C or SIGTERM finish the current step, save, and raise
         :class:`~ct_core.train.stop_requests.TrainingStopped`."""
-        with StopRequests() as stop:
+        with StopRequests(self.ctx) as stop:
             return self._fit(stop)
 
     def _fit(self, stop: StopRequests) -> dict[str, float]:
@@ -291,7 +302,7 @@ class Trainer:
         )
         bad_in_row, window_tokens, window_start, rate = 0, 0.0, time.perf_counter(), None
         while self.step < t.steps:
-            if stop.requested(self.ctx, self.device):
+            if stop.requested():  # under torchrun: what every rank knew a step ago, no GPU sync
                 self.save()
                 self.logger.close()
                 raise TrainingStopped(stop.signal_name, stop.signum, self.step, self.checkpoints.last_path)

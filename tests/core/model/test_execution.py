@@ -1,13 +1,13 @@
 """Runtime execution choices compute the same model: activation
 checkpointing gives the gradients of the plain path while keeping fewer
-activations, and FlexAttention gives the logits of the SDPA path."""
+activations, and FlexAttention gives the logits of the SDPA path with one
+block mask per shape, however the memories fill or reset."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from ct_core import CompressiveTransformerLM, ModelConfig
-from ct_core.model.attention import flex_block_mask
 from ct_core.model.execution import Execution
 
 
@@ -78,11 +78,7 @@ def flex_unavailable() -> str | None:
 
 @pytest.mark.parametrize("compile_backend", [None, "aot_eager"], ids=["eager_blocks", "compiled_blocks"])
 @pytest.mark.parametrize("compression,loss", [("conv", "attention"), ("conv", "bptt"), ("mean_pool", "none")])
-def test_flex_attention_gives_the_sdpa_logits(compression, loss, compile_backend, monkeypatch):
-    import ct_core.model.lm as lm
-
-    built = []
-    monkeypatch.setattr(lm, "flex_block_mask", lambda *args: built.append(1) or flex_block_mask(*args))
+def test_flex_attention_gives_the_sdpa_logits(compression, loss, compile_backend):
     model = make(compression, loss).eval()
     tokens = torch.randint(0, 30, (3, 8 * 5), generator=torch.Generator().manual_seed(4))
     reset = torch.tensor([False, True, False])
@@ -95,14 +91,35 @@ def test_flex_attention_gives_the_sdpa_logits(compression, loss, compile_backend
                 out = model(tokens[:, s * 8 : (s + 1) * 8], memory, reset if s == 3 else None)
                 memory, parts = out.memory, parts + [out.logits]
                 partly_filled |= bool(memory.cmem_mask.any() and not memory.cmem_mask.all())
-        assert partly_filled  # the block mask met empty and filled slots
+        assert partly_filled  # empty and filled slots met
         return torch.cat(parts, dim=1)
 
     reason = flex_unavailable()
     if reason:
         pytest.skip(reason)
     want = logits(Execution(attention="sdpa"))
-    assert not built
+    assert model.block_masks.hits + model.block_masks.misses == 0
     got = logits(Execution(attention="flex", compile_backend=compile_backend))
-    assert len(built) == 5  # every forward ran FlexAttention
+    # Filling memories, a reset row and full memories: one block mask for all five forwards.
+    assert (model.block_masks.misses, model.block_masks.hits) == (1, 4)
     assert torch.allclose(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_block_mask_cache_builds_once_per_shape():
+    cache = make().block_masks
+    patterns = [torch.zeros(2, 20, dtype=torch.bool), torch.ones(2, 20, dtype=torch.bool)]
+    patterns[0][:, 12:] = True  # empty memories (12 slots), then the 8 segment keys
+    patterns.append(patterns[1].clone())
+    patterns[2][1, :12] = False  # row 1 reset
+    masks = [cache.flex_mask(valid, 8) for valid in patterns]  # filling, full, a reset row
+    assert all(m.block_mask is masks[0].block_mask for m in masks)
+    assert all(m.key_valid is valid for m, valid in zip(masks, patterns))  # validity travels beside the mask
+    longer = torch.ones(2, 36, dtype=torch.bool)  # evaluation with longer memories
+    other = [cache.flex_mask(longer, 8), cache.flex_mask(longer[:, :33], 5), cache.flex_mask(longer, 8)]
+    assert other[0].block_mask is other[2].block_mask and other[1].block_mask is not other[0].block_mask
+    assert (cache.misses, cache.hits) == (3, 3)
+    # Causality alone: query i (key index K - T + i) sees keys 0 .. K - T + i.
+    q, kv = torch.arange(5)[:, None], torch.arange(33)[None, :]
+    zero = torch.zeros((), dtype=torch.long)
+    allowed = other[1].block_mask.mask_mod(zero, zero, q, kv)
+    assert torch.equal(allowed, kv <= q + 28)
