@@ -61,7 +61,8 @@ def build_options(cls: type[T], values: Mapping[str, Any], key: Callable[[str], 
 
 def check_type(value: Any, annotation: Any, name: str) -> Any:
     """``value`` as a value of ``annotation`` (int, float, bool, str, a tuple
-    of those, ``X | None``, ``Any``), or a one-line error naming ``name``."""
+    of those of fixed or any length, ``X | None``, ``Any``), or a one-line
+    error naming ``name``."""
     if annotation is Any:
         return value
     args = typing.get_args(annotation)
@@ -74,6 +75,10 @@ def check_type(value: Any, annotation: Any, name: str) -> Any:
             return check_type(value, inner, name)
         except ConfigError:
             raise ConfigError(f"{name}={value!r} must be {describe(inner)} or null") from None
+    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{name}={value!r} must be a list (each {describe(args[0])}), e.g. [2, 4]")
+        return tuple(check_type(v, args[0], name) for v in value)
     if origin is tuple:
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
             raise ConfigError(f"{name}={value!r} must be a list of {len(args)} values, e.g. [0.9, 0.999]")

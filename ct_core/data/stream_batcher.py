@@ -67,8 +67,7 @@ import numpy as np
 import torch
 
 from ct_core.errors import ConfigError, DataError
-
-IGNORE_INDEX = -100
+from ct_core.model.lm import IGNORE_INDEX  # padding targets: the model's loss skips them
 MODES = ("train", "eval")
 
 

@@ -60,10 +60,21 @@ class ModelConfig:
     norm: str = "pre"
     tie_embeddings: bool = False
     init_std: float = 0.02
+    # Adaptive input and adaptive softmax (see ct_core/model/adaptive.py):
+    # word ids below the first cutoff form the head cluster, each further
+    # range [cutoff_i, cutoff_i+1) a tail cluster of dimension
+    # d_model // adaptive_div**i. Empty: one embedding and a plain softmax.
+    adaptive_cutoffs: tuple[int, ...] = ()
+    adaptive_div: int = 4
 
     @property
     def head_dim(self) -> int:
         return self.d_model // self.n_heads
+
+    @property
+    def adaptive(self) -> bool:
+        """Whether the vocabulary is split into clusters (adaptive input and softmax)."""
+        return len(self.adaptive_cutoffs) > 0
 
     @property
     def compresses(self) -> bool:
@@ -88,6 +99,7 @@ class ModelConfig:
         for name in ("dropout", "attn_dropout"):
             if not 0.0 <= float(getattr(self, name)) < 1.0:
                 raise ConfigError(f"{named(name)} must lie in [0, 1)")
+        self._validate_adaptive(named)
         if self.init_std <= 0:
             raise ConfigError(f"{named('init_std')} must be positive")
         if self.d_model % self.n_heads != 0:
@@ -110,3 +122,19 @@ class ModelConfig:
                 f"parameters; use compression_loss=none or compression in ({', '.join(PARAMETRIC_COMPRESSIONS)})"
             )
         return self
+
+    def _validate_adaptive(self, named: Callable[[str], str]) -> None:
+        div = self.adaptive_div
+        if not isinstance(div, int) or isinstance(div, bool) or div < 1:
+            raise ConfigError(f"{named('adaptive_div')} must be an integer >= 1")
+        cutoffs = list(self.adaptive_cutoffs)
+        if any(not isinstance(c, int) or isinstance(c, bool) for c in cutoffs):
+            raise ConfigError(f"{named('adaptive_cutoffs')} must be a list of integers")
+        if any(c <= 0 or c >= self.vocab_size for c in cutoffs):
+            raise ConfigError(f"{named('adaptive_cutoffs')} must lie strictly between 0 and "
+                              f"model.vocab_size={self.vocab_size} (the vocabulary's size, set by the data)")
+        if any(b <= a for a, b in zip(cutoffs, cutoffs[1:])):
+            raise ConfigError(f"{named('adaptive_cutoffs')} must be strictly increasing")
+        if cutoffs and self.d_model // div ** len(cutoffs) < 1:
+            raise ConfigError(f"{named('adaptive_div')} leaves the last of {len(cutoffs) + 1} clusters no dimension: "
+                              f"{named('d_model')} // {div}**{len(cutoffs)} = 0; lower it")

@@ -12,8 +12,13 @@ Example::
                       seq_len=16, mem_len=16, cmem_len=8, compression_rate=4,
                       compression="conv", compression_loss="attention")
     model = CompressiveTransformerLM(cfg)
-    out = model(tokens)                    # tokens [B, T], T <= seq_len
-    out = model(next_tokens, memory=out.memory, reset=reset)
+    out = model(tokens)                    # tokens [B, T], T <= seq_len: out.logits [B, T, V]
+    out = model(next_tokens, memory=out.memory, reset=reset, targets=targets)   # out.nll [B, T]
+
+With ``model.adaptive_cutoffs`` the embedding is the adaptive input and the
+output the adaptive softmax (:mod:`ct_core.model.adaptive`). Training and
+evaluation pass ``targets`` and read ``nll``, which the plain softmax also
+computes, so neither ever needs ``[B, T, V]`` logits of an adaptive model.
 """
 
 from __future__ import annotations
@@ -21,8 +26,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ct_core.model.adaptive import AdaptiveInput, AdaptiveSoftmax, ClusterTables
 from ct_core.model.attention import attention_mask, compute_dtype, flex_block_mask
 from ct_core.model.block import Block
 from ct_core.model.compression import build_compressor
@@ -33,26 +40,45 @@ from ct_core.model.memory import MemoryState
 from ct_core.model.relative_position import sinusoid_positions
 
 
+#: Targets with this id (padding) count in no loss; F.cross_entropy's default.
+IGNORE_INDEX = -100
+
+
 @dataclass
 class LMOutput:
-    logits: Tensor  # [B, T, vocab_size]
+    logits: Tensor | None  # [B, T, vocab_size] (adaptive softmax: log-probabilities); None unless asked for
     memory: MemoryState  # to pass to the next segment (detached)
     aux_loss: Tensor  # scalar compression loss; 0 when there is none
     usage: list[Tensor] | None = None  # per layer [B, C + M + T] attention mass per key (return_usage)
+    nll: Tensor | None = None  # [B, T] float32 per-token NLL in nats, 0 at IGNORE_INDEX targets (targets given)
+    hidden: Tensor | None = None  # [B, T, D] final hidden states, what the output layer reads
 
 
 class CompressiveTransformerLM(nn.Module):
-    """Token embedding, ``n_layers`` blocks, final norm, output projection."""
+    """Token embedding, ``n_layers`` blocks, final norm, output layer
+    (a projection to the vocabulary, or the adaptive softmax)."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg.validate()
-        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.embed: nn.Module
+        self.head: nn.Module
+        if cfg.adaptive:
+            tables = ClusterTables(cfg.vocab_size, cfg.d_model, cfg.adaptive_cutoffs, cfg.adaptive_div, cfg.init_std)
+            self.embed = AdaptiveInput(tables)
+        else:
+            self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layers)])
         # Post-LN blocks already end in a norm.
         self.norm_out = nn.LayerNorm(cfg.d_model) if cfg.norm == "pre" else nn.Identity()
-        self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        if cfg.adaptive:
+            # Tied: the output reads the input's own tables (the same Parameters).
+            out_tables = tables if cfg.tie_embeddings else ClusterTables(
+                cfg.vocab_size, cfg.d_model, cfg.adaptive_cutoffs, cfg.adaptive_div, cfg.init_std)
+            self.head = AdaptiveSoftmax(out_tables, cfg.init_std)
+        else:
+            self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         self.compressors = nn.ModuleList(
             [build_compressor(cfg.compression, cfg.d_model, cfg.compression_rate) for _ in range(cfg.n_layers)]
             if cfg.compresses
@@ -70,7 +96,7 @@ class CompressiveTransformerLM(nn.Module):
             # No loss reaches f_c (stored memories are detached): its weights
             # stay at their initialisation, so they are not trained at all.
             self.compressors.requires_grad_(False)
-        if cfg.tie_embeddings:
+        if cfg.tie_embeddings and not cfg.adaptive:
             self.head.weight = self.embed.weight
         self.set_execution(Execution())
 
@@ -120,8 +146,9 @@ class CompressiveTransformerLM(nn.Module):
         cmem_len = cfg.cmem_len if cmem_len is None else cmem_len
         if cmem_len > 0 and not cfg.compresses:
             raise ValueError("cmem_len > 0 needs a model trained with compression (model.cmem_len > 0)")
-        device = device if device is not None else self.embed.weight.device
-        dtype = dtype if dtype is not None else self.embed.weight.dtype
+        first = next(self.parameters())
+        device = device if device is not None else first.device
+        dtype = dtype if dtype is not None else first.dtype
         # bptt starts with an empty pending block, so that the compressor
         # takes part in every training forward (the same graph on every step).
         pending_len = cfg.seq_len if cmem_len > 0 and cfg.compression_loss == "bptt" else 0
@@ -205,18 +232,50 @@ class CompressiveTransformerLM(nn.Module):
         new = torch.stack([comp(old[layer], old_mask) for layer, comp in enumerate(self.compressors)])
         return memory.with_compressed_pending(new, self.compressors[0].compressed_mask(old_mask))
 
+    # ---------------------------------------------------------------- output
+    def token_logits(self, hidden: Tensor) -> Tensor:
+        """Final hidden states ``[..., D]`` -> scores of every word ``[..., V]``
+        (adaptive softmax: float32 log-probabilities; either way their
+        softmax is the model's distribution)."""
+        if self.cfg.adaptive:
+            return self.head.log_prob(hidden)
+        return self.head(hidden)
+
+    def token_nll(self, hidden: Tensor, targets: Tensor) -> Tensor:
+        """Per-token negative log-likelihood ``[...]`` (float32 nats) of
+        ``targets`` ``[...]`` under ``hidden`` ``[..., D]``; 0 where a target
+        is :data:`IGNORE_INDEX`. The adaptive softmax never builds ``[..., V]``."""
+        if self.cfg.adaptive:
+            return self.head.nll(hidden, targets, IGNORE_INDEX)
+        return _softmax_nll(self.head(hidden), targets)
+
+    def greedy(self, hidden: Tensor) -> Tensor:
+        """The most likely next token ``[...]`` under ``hidden`` ``[..., D]``
+        (adaptive softmax: a few rows of the full table at a time)."""
+        if self.cfg.adaptive:
+            return self.head.argmax(hidden)
+        return self.head(hidden).argmax(dim=-1)
+
     # --------------------------------------------------------------- forward
     def forward(
         self, tokens: Tensor, memory: MemoryState | None = None, reset: Tensor | None = None,
-        return_usage: bool = False,
+        return_usage: bool = False, targets: Tensor | None = None, return_logits: bool | None = None,
     ) -> LMOutput:
         """tokens: ``[B, T]`` int64 with ``T <= seq_len``; reset: ``[B]`` bool,
         rows whose memory is cleared before this segment. ``return_usage``
         adds each layer's attention mass per key, summed over heads and
-        queries (keys ``[cmem; mem; segment]``), to the output."""
+        queries (keys ``[cmem; mem; segment]``), to the output.
+
+        ``targets`` ``[B, T]`` (next tokens, :data:`IGNORE_INDEX` where there
+        is none) adds their per-token NLL ``nll`` ``[B, T]``. ``return_logits``
+        (default: when no targets are given) adds ``logits`` ``[B, T, V]``.
+        ``hidden`` (the final hidden states) is always returned, for
+        :meth:`token_nll`, :meth:`greedy`, :meth:`token_logits`."""
         b, t = tokens.shape
         if t > self.cfg.seq_len:
             raise ValueError(f"segment of {t} tokens is longer than memory.seq_len={self.cfg.seq_len}")
+        if return_logits is None:
+            return_logits = targets is None
         if memory is None:
             memory = self.empty_memory(b, device=tokens.device)
         if reset is not None:
@@ -244,10 +303,25 @@ class CompressiveTransformerLM(nn.Module):
             slots = (memory.cmem[layer], memory.mem[layer])
             h, u = self._block_fns[layer](h, slots, mask, r, want_usage)
             usage.append(u)
-        logits = self.head(self.norm_out(h))  # [B, T, V]
+        final = self.norm_out(h)  # [B, T, D]
+        logits = self.token_logits(final) if return_logits else None  # [B, T, V]
+        nll = None
+        if targets is not None:
+            if logits is not None and not self.cfg.adaptive:
+                nll = _softmax_nll(logits, targets)  # [B, T]
+            else:
+                nll = self.token_nll(final, targets)  # [B, T]
         next_memory, aux = self.update_memory(memory, torch.stack(hidden), usage if want_usage else None)
-        return LMOutput(logits=logits, memory=next_memory, aux_loss=aux, usage=usage if return_usage else None)
+        return LMOutput(logits=logits, memory=next_memory, aux_loss=aux, usage=usage if return_usage else None,
+                        nll=nll, hidden=final)
 
     def num_parameters(self, trainable_only: bool = True) -> int:
         params = {id(p): p for p in self.parameters() if p.requires_grad or not trainable_only}
         return sum(p.numel() for p in params.values())
+
+
+def _softmax_nll(logits: Tensor, targets: Tensor) -> Tensor:
+    """Cross entropy of ``logits`` ``[..., V]`` per target ``[...]``, in float32."""
+    nll = F.cross_entropy(logits.float().flatten(0, -2), targets.flatten(), ignore_index=IGNORE_INDEX,
+                          reduction="none")
+    return nll.view(targets.shape)

@@ -49,9 +49,10 @@ class IncrementalDecoder:
                  fixed_shape: bool | None = None) -> None:
         self.model = model
         cfg = model.cfg
-        device = model.embed.weight.device
+        first = next(model.parameters())
+        device = first.device
         self.device = device
-        param_dtype = model.embed.weight.dtype
+        param_dtype = first.dtype
         on = torch.is_autocast_enabled(device.type)
         self.autocast_dtype = torch.get_autocast_dtype(device.type) if on else None
         self.dtype = self.autocast_dtype or param_dtype  # compute dtype
@@ -129,7 +130,7 @@ class IncrementalDecoder:
                 )
                 if u is not None:
                     self.usage[layer][:, :keys] += u
-            logits = self.model.head(self.model.norm_out(h))
+            logits = self.model.token_logits(self.model.norm_out(h))
         self.pos += n
         return logits
 
@@ -166,7 +167,7 @@ class IncrementalDecoder:
                                    self.r[layer].index_select(0, rows), want_usage=self.want_usage)
                 if u is not None:
                     self.usage[layer] += u
-            return self.model.head(self.model.norm_out(h))
+            return self.model.token_logits(self.model.norm_out(h))
 
     def _capture(self) -> None:
         """Capture the fixed-shape step in a CUDA graph, then run it once.

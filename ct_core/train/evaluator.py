@@ -13,12 +13,11 @@ from typing import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ct_core.train.distributed import DistContext, all_reduce_sum
 from ct_core.train.runtime import autocast_context
 from ct_core.model.lm import CompressiveTransformerLM
-from ct_core.data.stream_batcher import IGNORE_INDEX, StreamBatcher
+from ct_core.data.stream_batcher import StreamBatcher
 
 
 @dataclass
@@ -62,10 +61,9 @@ def evaluate(
                 break
             batch = batch.to(device)
             with autocast_context(device, precision):
-                out = model(batch.x, memory, batch.reset)
+                out = model(batch.x, memory, batch.reset, targets=batch.y)
             memory = out.memory
-            nll_sum += F.cross_entropy(out.logits.float().flatten(0, 1), batch.y.flatten(),
-                                       ignore_index=IGNORE_INDEX, reduction="sum")
+            nll_sum += out.nll.sum()
             n_tokens += batch.n_targets
     finally:
         model.train(was_training)
@@ -107,9 +105,9 @@ def probe_correctness(
             predicted = []
             for start in range(0, longest, seq_len):
                 with autocast_context(device, precision):
-                    out = model(tokens[:, start : start + seq_len], memory)
+                    out = model(tokens[:, start : start + seq_len], memory, return_logits=False)
+                    predicted.append(model.greedy(out.hidden))  # [b, T]
                 memory = out.memory
-                predicted.append(out.logits.argmax(dim=-1))  # [b, T]
             predicted = torch.cat(predicted, dim=1).cpu().numpy()  # [b, L]
             for row, doc in enumerate(docs):
                 positions, dist = probes[first + row]

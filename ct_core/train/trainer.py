@@ -33,7 +33,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ct_core.train.checkpoint import (
     FORMAT_VERSION,
@@ -58,7 +57,7 @@ from ct_core.train.runtime import (attention_backend, autocast_context, configur
                                    seed_everything)
 from ct_core.train.stop_requests import StopRequests, TrainingStopped
 from ct_core.model.sampling import generate
-from ct_core.data.stream_batcher import IGNORE_INDEX, StreamBatcher
+from ct_core.data.stream_batcher import StreamBatcher
 
 
 class NonFiniteLossError(UserError):
@@ -208,9 +207,8 @@ class Trainer:
             for i, mb in enumerate(micro):
                 sync = (k == len(segments) - 1 and i == len(micro) - 1) or not self.ctx.enabled
                 with self._maybe_no_sync(sync), autocast_context(self.device, t.precision):
-                    out = self.forward(mb.x, self.memories[i], mb.reset)
-                    ce = F.cross_entropy(out.logits.float().flatten(0, 1), mb.y.flatten(),
-                                         ignore_index=IGNORE_INDEX, reduction="sum")
+                    out = self.forward(mb.x, self.memories[i], mb.reset, targets=mb.y)
+                    ce = out.nll.sum()  # the model's per-token NLL: no [B, T, V] logits for the adaptive softmax
                     # DDP averages gradients over ranks, hence the world-size factor:
                     # the update's loss is the mean over all of its target tokens.
                     loss = ce * (self.ctx.world_size / n_global)

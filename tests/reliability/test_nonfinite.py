@@ -65,7 +65,7 @@ def nan_gradients(calls: range):
     return install
 
 
-def inf_logits(calls: range):
+def inf_loss(calls: range):
     def install(trainer):
         forward, count = trainer.forward, {"n": 0}
 
@@ -73,14 +73,14 @@ def inf_logits(calls: range):
             out = forward(*args, **kwargs)
             count["n"] += 1
             if count["n"] in calls:
-                out.logits = out.logits + float("inf")
+                out.nll = out.nll + float("inf")
             return out
 
         trainer.forward = wrapped
     return install
 
 
-TRANSIENT = {"inf loss": inf_logits(range(8, 10)), "nan gradient": nan_gradients(range(8, 10)),
+TRANSIENT = {"inf loss": inf_loss(range(8, 10)), "nan gradient": nan_gradients(range(8, 10)),
              "nan input memory": on_calls(range(8, 10), nan_memory)}
 
 

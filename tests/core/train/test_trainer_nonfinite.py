@@ -21,7 +21,7 @@ def make_trainer(tmp_path, *overrides):
 
 
 def poison_after(trainer, good_steps, stop_after=None):
-    """Make the model's logits NaN after ``good_steps`` calls (until ``stop_after``)."""
+    """Make the model's per-token losses NaN after ``good_steps`` calls (until ``stop_after``)."""
     forward = trainer.model.forward
     calls = {"n": 0}
 
@@ -29,7 +29,7 @@ def poison_after(trainer, good_steps, stop_after=None):
         out = forward(*args, **kwargs)
         calls["n"] += 1
         if calls["n"] > good_steps and (stop_after is None or calls["n"] <= stop_after):
-            out.logits = out.logits * float("nan")
+            out.nll = out.nll * float("nan")
         return out
 
     trainer.model.forward = patched
