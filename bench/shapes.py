@@ -35,6 +35,8 @@ class Shape:
     sample_rate: int | None = None  # audio recipes: samples per second of the waveform
     dropout: float = 0.0
     tie_embeddings: bool = False
+    adaptive_cutoffs: tuple[int, ...] = ()  # adaptive input and softmax (word-level recipes)
+    adaptive_div: int = 4
 
     @property
     def n_keys(self) -> int:
@@ -53,6 +55,7 @@ class Shape:
             d_ff=self.d_ff, seq_len=self.seq_len, mem_len=self.mem_len, cmem_len=self.cmem_len,
             compression_rate=self.compression_rate, compression=self.compression,
             compression_loss=self.compression_loss, dropout=self.dropout, tie_embeddings=self.tie_embeddings,
+            adaptive_cutoffs=self.adaptive_cutoffs, adaptive_div=self.adaptive_div,
         )
 
     def replace(self, **changes) -> "Shape":
@@ -66,9 +69,13 @@ class Shape:
 
 def matmul_parameters(shape: Shape) -> int:
     """N: weights every token multiplies by (q, k, v, o, the two FF matrices,
-    the output head); embeddings are look-ups and not counted."""
+    the output head); embeddings are look-ups and not counted. With the
+    adaptive softmax the head is the first cluster's words plus one logit per
+    tail cluster (the tail clusters, which only their own tokens compute,
+    are left out)."""
     d, f = shape.d_model, shape.d_ff
-    return shape.n_layers * (4 * d * d + 2 * d * f) + d * shape.vocab_size
+    head = shape.adaptive_cutoffs[0] + len(shape.adaptive_cutoffs) if shape.adaptive_cutoffs else shape.vocab_size
+    return shape.n_layers * (4 * d * d + 2 * d * f) + d * head
 
 
 def model_flops_per_token(shape: Shape) -> float:
@@ -92,6 +99,10 @@ SHAPES: dict[str, Shape] = {
                compression_rate=4, batch_size=4),
 }
 
+#: Word types of WikiText-103's training split (Transformer-XL's vocabulary):
+#: the vocabulary of a word-level recipe whose data section does not state one.
+WIKITEXT103_WORDS = 267_735
+
 #: Recipe shapes by short name -> the experiment that defines them.
 RECIPES = {"demo": "audio/demo", "speech_ct": "audio/speech_ct", "speech_txl": "audio/speech_txl",
            "enwik8_ct": "text/enwik8_ct", "enwik8_txl": "text/enwik8_txl", "pg19_ct": "text/pg19_ct",
@@ -111,17 +122,24 @@ def recipe_shape(name: str) -> Shape:
         key = "root" if "data.root" in str(err) else "path"
         raw = compose_recipe([*overrides, f"data.{key}=/unused"], "bench")
     data, values = raw["data"], {**raw["model"], **raw["memory"], **raw["compression"]}
+    cutoffs = tuple(values.get("adaptive_cutoffs") or ())
     if data["frontend"] == "audio":
         vocab = 256  # 8-bit μ-law
+    elif data.get("tokenizer") == "sentencepiece":
+        vocab = int(data["vocab_size"])
+    elif cutoffs:
+        # Word-level recipes learn the vocabulary from the corpus.
+        vocab = int(data.get("vocab_size") or WIKITEXT103_WORDS)
     else:
-        vocab = int(data["vocab_size"]) if data.get("tokenizer") == "sentencepiece" else 256
+        vocab = 256
     return Shape(name, n_layers=values["n_layers"], d_model=values["d_model"], n_heads=values["n_heads"],
                  d_ff=values["d_ff"], seq_len=values["seq_len"], mem_len=values["mem_len"],
                  cmem_len=values["cmem_len"], compression_rate=values["compression_rate"],
                  batch_size=int(raw["trainer"]["batch_size"]), vocab_size=vocab,
                  compression=values["compression"], compression_loss=values["compression_loss"],
                  sample_rate=data.get("sample_rate"), dropout=values["dropout"],
-                 tie_embeddings=values["tie_embeddings"])
+                 tie_embeddings=values["tie_embeddings"], adaptive_cutoffs=cutoffs,
+                 adaptive_div=values.get("adaptive_div", 4))
 
 
 def get_shape(name: str) -> Shape:

@@ -76,9 +76,12 @@ def check_type(value: Any, annotation: Any, name: str) -> Any:
         except ConfigError:
             raise ConfigError(f"{name}={value!r} must be {describe(inner)} or null") from None
     if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{name}={value!r} must be a list (each {describe(args[0])}), e.g. [2, 4]")
-        return tuple(check_type(v, args[0], name) for v in value)
+        try:
+            if not isinstance(value, (list, tuple)):
+                raise ConfigError(name)
+            return tuple(check_type(v, args[0], name) for v in value)
+        except ConfigError:
+            raise ConfigError(f"{name}={value!r} must be a list (each {describe(args[0])}), e.g. [2, 4]") from None
     if origin is tuple:
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
             raise ConfigError(f"{name}={value!r} must be a list of {len(args)} values, e.g. [0.9, 0.999]")

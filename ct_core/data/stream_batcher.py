@@ -68,6 +68,7 @@ import torch
 
 from ct_core.errors import ConfigError, DataError
 from ct_core.model.lm import IGNORE_INDEX  # padding targets: the model's loss skips them
+
 MODES = ("train", "eval")
 
 

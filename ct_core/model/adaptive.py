@@ -111,6 +111,8 @@ class AdaptiveSoftmax(nn.Module):
         self.biases = nn.ParameterList(
             [nn.Parameter(torch.zeros(hi - lo)) for lo, hi in zip(tables.bounds, tables.bounds[1:])]
         )
+        # First id of every tail cluster, on the model's device (not saved: the config has it).
+        self.register_buffer("tail_starts", torch.tensor(tables.bounds[1:-1], dtype=torch.long), persistent=False)
 
     @property
     def vocab_size(self) -> int:
@@ -158,8 +160,7 @@ class AdaptiveSoftmax(nn.Module):
         y = torch.where(valid, y, 0)
         bounds = self.tables.bounds
         n_0, n_clusters = bounds[1], self.tables.n_clusters
-        cutoffs = torch.tensor(bounds[1:-1], device=y.device)
-        cluster = torch.bucketize(y, cutoffs, right=True)  # [N] cluster of each target
+        cluster = torch.bucketize(y, self.tail_starts, right=True)  # [N] cluster of each target
         head = self.head_log_prob(h)  # [N, n_0 + n_tail]
         in_head = torch.where(cluster == 0, y, n_0 + cluster - 1)  # the target's entry in the head
         log_p = head.gather(1, in_head[:, None]).squeeze(1)  # [N]

@@ -64,6 +64,7 @@ class ModelConfig:
     # word ids below the first cutoff form the head cluster, each further
     # range [cutoff_i, cutoff_i+1) a tail cluster of dimension
     # d_model // adaptive_div**i. Empty: one embedding and a plain softmax.
+    # tie_embeddings then ties every cluster's word table and projection.
     adaptive_cutoffs: tuple[int, ...] = ()
     adaptive_div: int = 4
 

@@ -30,11 +30,11 @@ def on_calls(calls: range, poison):
     def install(trainer):
         forward, count = trainer.forward, {"n": 0}
 
-        def wrapped(x, memory=None, reset=None):
+        def wrapped(x, memory=None, reset=None, **kwargs):
             count["n"] += 1
             if count["n"] in calls and memory is not None:
                 memory = poison(memory)
-            return forward(x, memory, reset)
+            return forward(x, memory, reset, **kwargs)
 
         trainer.forward = wrapped
     return install

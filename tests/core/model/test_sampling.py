@@ -1,6 +1,7 @@
 """The cached incremental decoder gives every token the logits of the
 training forward, across segment rolls and compressions, whatever the
-chunking of the fed tokens; sampling options restrict the support as named."""
+chunking of the fed tokens, with the plain or the adaptive softmax;
+sampling options restrict the support as named."""
 
 import pytest
 import torch
@@ -15,11 +16,11 @@ CASES = [(name, "attention" if cls.has_parameters else "none") for name, cls in 
 CASES += [("dilated_conv", "autoencoding"), ("conv", "bptt")]
 
 
-def make(compression, loss, mem_len=8, cmem_len=6, norm="pre"):
+def make(compression, loss, mem_len=8, cmem_len=6, norm="pre", **extra):
     torch.manual_seed(0)
     cfg = ModelConfig(vocab_size=30, n_layers=2, d_model=16, n_heads=2, d_ff=32, seq_len=8, mem_len=mem_len,
                       cmem_len=cmem_len, compression_rate=2, compression=compression, compression_loss=loss,
-                      norm=norm)
+                      norm=norm, **extra)
     model = CompressiveTransformerLM(cfg).eval()
     with torch.no_grad():
         for blk in model.blocks:
@@ -116,3 +117,59 @@ def test_sampling_draws_what_torch_multinomial_draws():
     got = sample_next(logits, generator=torch.Generator().manual_seed(5))
     want = torch.multinomial(logits.softmax(-1), 1, generator=torch.Generator().manual_seed(5)).squeeze(-1)
     assert torch.equal(got, want)
+
+
+#: Adaptive input and softmax over the same 30 words: clusters [0, 6) [6, 14) [14, 30).
+ADAPTIVE = dict(adaptive_cutoffs=(6, 14), adaptive_div=2, tie_embeddings=True)
+ADAPTIVE_CASES = [("conv", "attention"), ("most_used", "none"), ("conv", "bptt")]
+
+
+def make_adaptive(compression, loss):
+    model = make(compression, loss, **ADAPTIVE)
+    with torch.no_grad():  # sharper, less uniform distributions than the initialisation's
+        for p in [*model.embed.tables.parameters(), model.head.cluster_weight]:
+            p.normal_(0, 1.0)
+        for b in [*model.head.biases, model.head.cluster_bias]:
+            b.normal_(0, 0.5)
+    return model
+
+
+@pytest.mark.parametrize("fixed_shape", [False, True])
+@pytest.mark.parametrize("compression,loss", ADAPTIVE_CASES)
+def test_adaptive_softmax_token_by_token_equals_training_forward(compression, loss, fixed_shape):
+    model = make_adaptive(compression, loss)
+    torch.manual_seed(1)
+    tokens = torch.randint(0, 30, (2, 8 * 5))
+    want = training_logits(model, tokens)  # [B, T, V] log-probabilities
+    assert torch.allclose(want.exp().sum(-1), torch.ones(2, 40), atol=1e-5)
+    dec = IncrementalDecoder(model, 2, fixed_shape=fixed_shape)
+    got = torch.cat([dec.feed(tokens[:, :3])] + [dec.feed(tokens[:, i : i + 1]) for i in range(3, 40)], dim=1)
+    assert dec.memory.cmem_mask.all(), "compression must be active"
+    assert torch.allclose(got, want, atol=1e-5)
+
+
+def test_adaptive_greedy_sampling_is_the_training_forwards_argmax_across_segments():
+    model = make_adaptive("conv", "attention")
+    prompt = torch.randint(0, 30, (2, 5))
+    seq = generate(model, prompt, max_new_tokens=27, top_k=1)  # 32 tokens: four segments
+    memory, predicted = None, []
+    with torch.no_grad():
+        for s in range(0, 31, 8):
+            out = model(seq[:, s : min(s + 8, 31)], memory, return_logits=False)
+            memory = out.memory
+            predicted.append(model.greedy(out.hidden))
+    predicted = torch.cat(predicted, dim=1)  # [B, 31]: the argmax after each token
+    assert torch.equal(seq[:, 5:], predicted[:, 4:])
+    assert len(set(seq[:, 5:].flatten().tolist())) > 1, "greedy output should not be constant"
+
+
+def test_sampling_options_mean_the_same_on_log_probabilities():
+    """The adaptive softmax hands the sampler log-probabilities; softmax,
+    temperature, top-k and top-p see only differences within a row, so they
+    draw exactly what the same distribution's logits would."""
+    logits = torch.randn(64, 30, generator=torch.Generator().manual_seed(0)) * 3
+    log_probs = logits.log_softmax(-1)
+    for options in [dict(), dict(temperature=0.7), dict(top_k=5), dict(top_p=0.8), dict(temperature=1.3, top_p=0.9)]:
+        a = sample_next(logits, **options, generator=torch.Generator().manual_seed(3))
+        b = sample_next(log_probs, **options, generator=torch.Generator().manual_seed(3))
+        assert torch.equal(a, b), options
