@@ -167,9 +167,7 @@ class AdaptiveSoftmax(nn.Module):
         if n_clusters > 1:
             order = torch.argsort(cluster, stable=True)  # rows grouped by cluster
             counts = torch.bincount(cluster, minlength=n_clusters).tolist()  # the one host synchronisation
-            for i, rows in enumerate(order.split(counts)):
-                if i == 0:
-                    continue
+            for i, rows in enumerate(order.split(counts)[1:], start=1):
                 local = (y[rows] - bounds[i])[:, None]  # [n, 1]
                 log_p = log_p.index_add(0, rows, self.cluster_log_prob(i, h[rows]).gather(1, local).squeeze(1))
         return torch.where(valid, -log_p, 0.0).reshape(shape)
