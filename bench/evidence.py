@@ -13,11 +13,12 @@ its last checkpoint with ``resume=auto``). The tables and figures go to
 blocks of ``docs/results.md`` and the figures in ``docs/figures/``.
 
 Studies (see :mod:`bench.evidence_studies`): ``recall``, ``shakespeare``,
-``pg19``, ``speech``, ``ablation``, ``attention`` and ``race`` (the
-wall-clock comparison with nanoGPT's CPU recipe, in the ``cpu`` size only:
-it times the README's command as it stands). ``--only`` picks some.
-Studies whose data is missing (``--data``, default ``../shared/data``) are
-skipped with the reason.
+``pg19``, ``wikitext``, ``speech``, ``ablation``, ``attention`` and ``race``
+(the wall-clock comparison with nanoGPT's CPU recipe, in the ``cpu`` size
+only: it times the README's command as it stands). ``--only`` picks some;
+with ``--write-docs`` it then rewrites only those studies' blocks, each with
+the commit and machine it ran on. Studies whose data is missing (``--data``,
+default ``../shared/data``) are skipped with the reason.
 """
 
 from __future__ import annotations
@@ -183,7 +184,7 @@ def race(out: Path, data: Path, progress: dict[str, int]) -> dict[str, Any]:
 def missing_data(study: Study, data: Path) -> str | None:
     needs = {"shakespeare": "text/tinyshakespeare.txt", "ablation": "text/tinyshakespeare.txt",
              "attention": "text/tinyshakespeare.txt", "race": "text/tinyshakespeare.txt",
-             "pg19": "text/pg19_sample", "speech": "speech/librispeech_sample"}
+             "pg19": "text/pg19_sample", "wikitext": "text/wikitext2_sample", "speech": "speech/librispeech_sample"}
     need = needs.get(study.name)
     if need and not (data / need).exists():
         return f"{data / need} not found (give --data DIR holding text/ and speech/)"
@@ -198,10 +199,11 @@ def main(argv: list[str] | None = None) -> None:
     size.add_argument("--quick", action="store_const", const="quick", dest="size", help="reduced study (<30 min, CPU)")
     size.add_argument("--full", action="store_const", const="full", dest="size", help="GPU recipe sizes")
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data",
-                        help="folder holding text/ (tinyshakespeare.txt, pg19_sample/) and speech/ (librispeech_sample/)")
+                        help="folder holding text/ (tinyshakespeare.txt, pg19_sample/, wikitext2_sample/) and speech/ "
+                        "(librispeech_sample/)")
     parser.add_argument("--out", type=Path, default=None, help="where runs and report go (default runs/evidence/<size>)")
     parser.add_argument("--only", nargs="+", default=None, metavar="STUDY",
-                        help="recall shakespeare pg19 speech ablation attention race")
+                        help="recall shakespeare pg19 wikitext speech ablation attention race")
     parser.add_argument("--write-docs", action="store_true", help="also rewrite docs/results.md and docs/figures/")
     args = parser.parse_args(argv)
     size = args.size or "cpu"
@@ -222,7 +224,8 @@ def main(argv: list[str] | None = None) -> None:
     progress = {"done": 0, "total": sum(len(s.runs) for s in ready) + int(with_race)}
     results = {study.name: {"study": study, "runs": run_study(study, out, progress)} for study in ready}
     race_result = race(out, data, progress) if with_race else None
-    report = write_report(results, race_result, size=size, out=out, write_docs=args.write_docs)
+    report = write_report(results, race_result, size=size, out=out, write_docs=args.write_docs,
+                          partial=args.only is not None)
     print(f"report: {report}", flush=True)
 
 

@@ -203,8 +203,10 @@ def environment(size: str, seconds: float) -> str:
 
 
 def write_report(results: dict[str, Any], race: dict[str, Any] | None, size: str, out: Path,
-                 write_docs: bool) -> Path:
-    """Write ``<out>/report.md`` (and docs/results.md blocks); returns the report path."""
+                 write_docs: bool, partial: bool = False) -> Path:
+    """Write ``<out>/report.md`` (and docs/results.md blocks); returns the report path.
+    ``partial`` (some studies only): docs/results.md keeps every other block,
+    and each block rewritten ends with the environment it ran in."""
     figures = out / "figures"
     blocks = {"environment": environment(size, commands_seconds(results, race)), "race": race_block(race),
               "attention": attention_block(results, figures)}
@@ -215,6 +217,8 @@ def write_report(results: dict[str, Any], race: dict[str, Any] | None, size: str
         elif name == "speech":
             blocks[name] = "\n\n".join([comparison_table(study, runs, ("trigram_bits", "unigram_bits")),
                                         verdict(study, runs)])
+        elif name == "wikitext":
+            blocks[name] = "\n\n".join([comparison_table(study, runs, ("unigram_ppl",)), verdict(study, runs)])
         elif name == "ablation":
             blocks[name] = comparison_table(study, runs)
         elif name != "attention":
@@ -226,6 +230,9 @@ def write_report(results: dict[str, Any], race: dict[str, Any] | None, size: str
     sections += ["## Wall clock against nanoGPT", blocks["race"]]
     report.write_text("\n\n".join(s for s in sections if s) + "\n")
     if write_docs:
+        if partial:
+            ran = [name for name in results if name in blocks] + (["race"] if race is not None else [])
+            blocks = {name: f"{blocks[name]}\n\n{blocks['environment']}" for name in ran}
         replace_blocks(DOCS, blocks)
         FIGURES.mkdir(parents=True, exist_ok=True)
         for png in figures.glob("*.png"):

@@ -1,6 +1,7 @@
 """What the evidence study runs: CT against Transformer-XL at equal attention
-cost, on the long-range recall task, text and speech, the paper's Table 5
-ablation, the attention-by-distance figure and the nanoGPT wall-clock race.
+cost, on the long-range recall task, text (bytes and WikiText words) and
+speech, the paper's Table 5 ablation, the attention-by-distance figure and
+the nanoGPT wall-clock race.
 
 A :class:`RunSpec` is one ``ct-train`` run (an experiment, overrides, a
 seed) plus what to evaluate afterwards. Runs are keyed by their content, so
@@ -159,6 +160,34 @@ def pg19_study(size: str, data: Path) -> Study:
     return study
 
 
+#: Transformer-XL at the attention cost of text/wikitext_cpu (64 memory + 32 compressed slots).
+TXL_WIKITEXT = ("memory.mem_len=96", "memory.cmem_len=0", "compression=none")
+
+
+def wikitext_study(size: str, data: Path) -> Study:
+    """text/wikitext_cpu (adaptive input and softmax) against Transformer-XL,
+    2 seeds at every size, judged by word perplexity (``<eos>`` included)."""
+    root = f"data.root={data / 'text' / 'wikitext2_sample'}"
+    quiet = ("trainer.sample_tokens=0", "trainer.save_every=100000")
+    if size == "full":
+        base = (root, *quiet, "trainer=gpu", "trainer.steps=5000", "trainer.batch_size=32", "trainer.eval_every=1000")
+    else:
+        steps = {"quick": QUICK_STEPS, "cpu": 600}[size]
+        base = (root, *quiet, f"trainer.steps={steps}", "trainer.eval_every=100000")
+    study = Study("wikitext", "WikiText sample, words, adaptive input and softmax, at equal attention cost", "ppl",
+                  note="text/wikitext_cpu: 4 layers, d_model 128, vocabulary 13,777 (adaptive cutoffs 2,000 / "
+                       "6,000); CT: 64 memory + 32 compressed slots (c = 4); TXL: 96 memory slots; seq_len 64. "
+                       "Train = WikiText-2's validation split (217,646 tokens), valid and test = the halves of "
+                       "its test split; perplexity per word, <eos> included, "
+                       + ("on the whole validation split." if size == "quick" else "on the whole test split."))
+    for seed in range(2):
+        study.runs += [
+            RunSpec("ct", "text/wikitext_cpu", base, seed, eval_split=_test_split(size)),
+            RunSpec("txl", "text/wikitext_cpu", (*base, *TXL_WIKITEXT), seed, eval_split=_test_split(size)),
+        ]
+    return study
+
+
 def speech_study(size: str, data: Path) -> Study:
     root = f"data.root={data / 'speech' / 'librispeech_sample' / 'LibriSpeech'}"
     audio = (root, "data=librispeech", "data.sample_rate=16000", "data.valid_fraction=0.1",
@@ -205,5 +234,5 @@ def attention_study(size: str, data: Path) -> Study:
 
 def all_studies(size: str, data: Path) -> list[Study]:
     """Every study at ``size``; ``data`` holds ``text/`` and ``speech/``."""
-    return [recall_study(size), shakespeare_study(size, data), pg19_study(size, data), speech_study(size, data),
-            ablation_study(size, data), attention_study(size, data)]
+    return [recall_study(size), shakespeare_study(size, data), pg19_study(size, data), wikitext_study(size, data),
+            speech_study(size, data), ablation_study(size, data), attention_study(size, data)]

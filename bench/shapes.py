@@ -106,7 +106,8 @@ WIKITEXT103_WORDS = 267_735
 #: Recipe shapes by short name -> the experiment that defines them.
 RECIPES = {"demo": "audio/demo", "speech_ct": "audio/speech_ct", "speech_txl": "audio/speech_txl",
            "enwik8_ct": "text/enwik8_ct", "enwik8_txl": "text/enwik8_txl", "pg19_ct": "text/pg19_ct",
-           "pg19_txl": "text/pg19_txl", "shakespeare": "text/shakespeare_cpu"}
+           "pg19_txl": "text/pg19_txl", "wt103_ct": "text/wt103_ct", "wt103_txl": "text/wt103_txl",
+           "shakespeare": "text/shakespeare_cpu"}
 
 
 def recipe_shape(name: str) -> Shape:

@@ -23,11 +23,14 @@ from ct_core.options import section_key
 from ct_text.tokenizer import SENTENCEPIECE_TYPES
 
 #: corpus -> its tokenizer when ``data.tokenizer`` is not set.
-DEFAULT_TOKENIZERS = {"enwik8": "bytes", "pg19": "sentencepiece", "file": "bytes"}
-TOKENIZERS = ("bytes", "sentencepiece")
+DEFAULT_TOKENIZERS = {"enwik8": "bytes", "pg19": "sentencepiece", "file": "bytes", "wikitext103": "words",
+                      "wikitext2": "words"}
+TOKENIZERS = ("bytes", "sentencepiece", "words")
+#: Corpora read from ``data.root`` (the others from ``data.path``).
+ROOT_CORPORA = ("pg19", "wikitext103", "wikitext2")
 DEFAULT_VOCAB_SIZE = 32000
-#: Largest SentencePiece vocabulary: beyond it the embedding and softmax
-#: outgrow any GPU long before the tokenizer is any better.
+#: Largest vocabulary: beyond it the embedding and softmax outgrow any GPU
+#: long before the tokenizer is any better (WikiText-103 has 267,735 words).
 MAX_VOCAB_SIZE = 2**20
 
 
@@ -37,12 +40,17 @@ class TextConfig:
 
     ``path``: enwik8's zip or raw file (or a folder holding it); for
     ``corpus=file`` a text file or a folder of text files. ``root``: the
-    PG-19 folder. ``tokenizer=None`` means the corpus's default (bytes for
-    enwik8 and files, SentencePiece for PG-19). ``vocab_size`` (exactly the
-    number of pieces trained), ``sentencepiece_type`` and
-    ``tokenizer_sample_bytes`` (train on a deterministic sample of about that
-    many train bytes) only concern SentencePiece. ``valid_fraction`` /
-    ``test_fraction`` only concern ``corpus=file``. ``cache_dir=None`` is
+    PG-19 folder; WikiText's zip or the folder holding its ``.tokens`` files.
+    ``tokenizer=None`` means the corpus's default (bytes for enwik8 and
+    files, SentencePiece for PG-19, words for WikiText). ``vocab_size``:
+    exactly the number of SentencePiece pieces trained; for words, the
+    number of ids the training split gives (checked when the vocabulary is
+    built, so the model's size is known before the corpus is read).
+    ``sentencepiece_type`` and ``tokenizer_sample_bytes`` (train on a
+    deterministic sample of about that many train bytes) only concern
+    SentencePiece. ``valid_fraction`` / ``test_fraction`` only concern
+    ``corpus=file``. ``accept_md5_mismatch`` concerns enwik8 and
+    WikiText-103's zip. ``cache_dir=None`` is
     ``ct_core.data.token_store.default_cache_dir()``.
 
     ``same_data_fields`` are the options that leave the data unchanged
@@ -88,8 +96,13 @@ class TextConfig:
                 f"{key('sentencepiece_type')}={self.sentencepiece_type!r} is unknown; "
                 f"choose one of {list(SENTENCEPIECE_TYPES)}"
             )
-        # 256 byte pieces + <unk> are always in the vocabulary (byte fallback).
-        if not isinstance(self.vocab_size, int) or not 257 < self.vocab_size <= MAX_VOCAB_SIZE:
+        if self.tokenizer_kind == "words":
+            # <eos> and <unk> are always in a word vocabulary.
+            if not isinstance(self.vocab_size, int) or not 2 <= self.vocab_size <= MAX_VOCAB_SIZE:
+                raise ConfigError(f"{key('vocab_size')}={self.vocab_size!r} must be an integer in "
+                                  f"2..{MAX_VOCAB_SIZE:,} (<eos> and <unk> at least)")
+        elif not isinstance(self.vocab_size, int) or not 257 < self.vocab_size <= MAX_VOCAB_SIZE:
+            # 256 byte pieces + <unk> are always in the vocabulary (byte fallback).
             raise ConfigError(
                 f"{key('vocab_size')}={self.vocab_size!r} must be an integer in 258..{MAX_VOCAB_SIZE:,} "
                 "(256 byte pieces + <unk> and at least one more; the paper's PG-19 uses 32000)"
@@ -120,7 +133,8 @@ class TextConfig:
 class TextSampleRequest(SampleRequest):
     """``ct-sample`` options of a text checkpoint."""
 
-    prompt: str | None = dataclasses.field(default=None, metadata={"help": "text the samples continue"})
+    prompt: str | None = dataclasses.field(
+        default=None, metadata={"help": "text the samples continue (word models: unknown words become <unk>)"})
     prompt_file: str | None = dataclasses.field(
         default=None, metadata={"help": "file whose text the samples continue", "metavar": "FILE"})
     tokens: int = dataclasses.field(default=400, metadata={"help": "tokens to generate after the prompt (default 400)"})

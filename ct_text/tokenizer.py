@@ -1,4 +1,4 @@
-"""Tokenizers of the text front end: raw bytes, or SentencePiece subwords.
+"""Tokenizers of the text front end: raw bytes, SentencePiece subwords, or words.
 
 * :class:`ByteTokenizer`: one token per byte, vocabulary 256 (enwik8, text
   files). Needs no decoding, so any byte sequence round-trips exactly.
@@ -9,6 +9,8 @@
   ``<cache_dir>/text/tokenizers/<hash>.model`` where the hash covers the
   training text and every training option, so a second run loads the model
   instead of training again.
+* :class:`~ct_text.vocabulary.WordVocabulary`: whitespace-separated words
+  and ``<eos>`` (WikiText-103), built as Transformer-XL builds it.
 
 SentencePiece settings, and why:
 
@@ -51,6 +53,7 @@ import torch
 from ct_core.errors import CheckpointError, ConfigError
 from ct_core.data.token_store import content_hash
 from ct_text.corpus import TextDocument, decode_text
+from ct_text.vocabulary import WordVocabulary
 
 log = logging.getLogger(__name__)
 
@@ -215,16 +218,19 @@ def load_or_train_sentencepiece(
     return SentencePieceTokenizer(proto), path
 
 
-Tokenizer = ByteTokenizer | SentencePieceTokenizer
+Tokenizer = ByteTokenizer | SentencePieceTokenizer | WordVocabulary
 
 
 def tokenizer_state(tokenizer: Tokenizer) -> dict[str, Any]:
     """What a checkpoint keeps of ``tokenizer``: its kind and, for
-    SentencePiece, the model proto as a ``torch.uint8`` tensor ``[n_bytes]``
-    (loadable with ``torch.load(weights_only=True)``)."""
+    SentencePiece, the model proto, for words the serialized vocabulary, as a
+    ``torch.uint8`` tensor ``[n_bytes]`` (loadable with
+    ``torch.load(weights_only=True)``)."""
     state: dict[str, Any] = {"tokenizer": tokenizer.kind}
     if isinstance(tokenizer, SentencePieceTokenizer):
         state["sentencepiece_model"] = torch.frombuffer(bytearray(tokenizer.model_proto), dtype=torch.uint8)
+    if isinstance(tokenizer, WordVocabulary):
+        state["vocabulary"] = torch.frombuffer(bytearray(tokenizer.to_bytes()), dtype=torch.uint8)
     return state
 
 
@@ -238,6 +244,14 @@ def tokenizer_from_state(state: Mapping[str, Any]) -> Tokenizer:
         if isinstance(proto, torch.Tensor):
             proto = proto.cpu().numpy().tobytes()
         return SentencePieceTokenizer(bytes(proto))
+    if kind == WordVocabulary.kind and "vocabulary" in state:
+        words = state["vocabulary"]
+        if isinstance(words, torch.Tensor):
+            words = words.cpu().numpy().tobytes()
+        try:
+            return WordVocabulary.from_bytes(bytes(words))
+        except ValueError as e:
+            raise CheckpointError(f"the checkpoint's word vocabulary is damaged ({e})") from None
     raise CheckpointError(
         f"the checkpoint's text front-end state names no usable tokenizer (tokenizer={kind!r}); "
         "was it written by this version of ct_text?"

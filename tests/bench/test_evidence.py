@@ -57,6 +57,28 @@ def test_docs_blocks_are_replaced_between_markers(tmp_path):
         evidence_report.replace_blocks(doc, {"speech": "x"})
 
 
+def test_a_partial_study_rewrites_only_its_blocks_with_its_environment(tmp_path, monkeypatch):
+    doc = tmp_path / "results.md"
+    kept = "<!-- evidence:environment -->\nold env\n<!-- /evidence:environment -->\n"
+    doc.write_text(kept + "<!-- evidence:wikitext -->\nNot run yet.\n<!-- /evidence:wikitext -->\n"
+                   "<!-- evidence:race -->\nold race\n<!-- /evidence:race -->\n")
+    monkeypatch.setattr(evidence_report, "DOCS", doc)
+    monkeypatch.setattr(evidence_report, "environment", lambda size, seconds: f"Size `{size}`; commit `abc`")
+    study = Study("wikitext", "WikiText", "ppl")
+    runs = [{"label": label, "seed": seed, "run_dir": f"{label}{seed}", "eval": None,
+             "metrics": {"ppl": value, "unigram_ppl": 570.9},
+             "train": {"train_seconds": 10.0, "parameters": 100, "compressor_parameters": 0}}
+            for label, seed, value in (("ct", 0, 300.0), ("ct", 1, 310.0), ("txl", 0, 320.0), ("txl", 1, 330.0))]
+    evidence_report.write_report({"wikitext": {"study": study, "runs": runs}}, None, size="cpu", out=tmp_path,
+                                 write_docs=True, partial=True)
+    text = doc.read_text()
+    assert text.startswith(kept) and "old race" in text  # other blocks untouched
+    block = text.split("<!-- evidence:wikitext -->\n")[1].split("<!-- /evidence:wikitext -->")[0]
+    assert "| CT (conv + attention loss) | 2 | 305.000 (300.000–310.000) | 570.900 (570.900–570.900) |" in block
+    assert "worst seed is better than Transformer-XL's best" in block
+    assert block.endswith("Size `cpu`; commit `abc`\n")
+
+
 def test_spread_of_seeds():
     assert evidence_report.spread([1.0, 2.0, 3.0]) == "2.000 (1.000–3.000)"
     assert evidence_report.spread([0.5], digits=2) == "0.50"
@@ -67,7 +89,7 @@ def test_every_comparison_is_at_equal_attention_cost(size, tmp_path):
     """Same seq_len, layers, width and steps; CT's mem + cmem slots equal
     Transformer-XL's mem slots; at least two seeds per model."""
     for study in all_studies(size, tmp_path):
-        if study.name not in ("recall", "shakespeare", "pg19", "speech"):
+        if study.name not in ("recall", "shakespeare", "pg19", "wikitext", "speech"):
             continue
         shapes = {}
         for spec in study.runs:

@@ -9,6 +9,8 @@ from types import SimpleNamespace
 
 import pytest
 
+from tests.text.handmade_wikitext import wikitext_lines, write_wikitext, zip_wikitext
+
 _WORDS = (
     "the of and to in was he that it his her with as had for you not be at on she but is my "
     "him which by all this have from so they were one said me when there would we been what "
@@ -73,4 +75,5 @@ def corpora() -> SimpleNamespace:
     """The helpers above, as a fixture: test modules never import conftest by
     name (another test folder may have a conftest of its own)."""
     return SimpleNamespace(english=english, write_pg19=write_pg19, tricky_books=tricky_books,
-                           make_zip=make_zip)
+                           make_zip=make_zip, wikitext_lines=wikitext_lines, write_wikitext=write_wikitext,
+                           zip_wikitext=zip_wikitext)

@@ -130,8 +130,8 @@ def test_render_samples_shows_the_first_stream_as_text():
 def test_config_errors_name_the_option():
     with pytest.raises(ConfigError, match="data.corpus='wiki'"):
         TextFrontEnd(TextConfig(corpus="wiki"))
-    with pytest.raises(ConfigError, match="data.tokenizer='words'"):
-        TextFrontEnd(TextConfig(corpus="file", tokenizer="words"))
+    with pytest.raises(ConfigError, match="data.tokenizer='chars'"):
+        TextFrontEnd(TextConfig(corpus="file", tokenizer="chars"))
     with pytest.raises(ConfigError, match="data.vocab"):
         build_frontend({"frontend": "text", "vocab": 10})
     assert TextConfig(corpus="pg19").tokenizer_kind == "sentencepiece"

@@ -30,14 +30,19 @@ def compose(experiment):
 
 def test_the_expected_experiments_exist():
     for name in ["audio/demo", "audio/speech_ct", "audio/speech_txl", "text/enwik8_ct", "text/enwik8_txl",
-                 "text/pg19_ct", "text/pg19_txl", "text/shakespeare_cpu", "smoke/synthetic"]:
+                 "text/pg19_ct", "text/pg19_txl", "text/shakespeare_cpu", "text/wt103_ct", "text/wt103_txl",
+                 "text/wikitext_cpu", "smoke/synthetic"]:
         assert name in EXPERIMENTS
+
+
+#: The vocabulary each recipe's data gives (word vocabularies are fixed by the corpus).
+VOCAB = {"text/wt103_ct": 267_735, "text/wt103_txl": 267_735, "text/wikitext_cpu": 13_777}
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_experiment_composes_and_validates(experiment):
     raw = compose(experiment)
-    cfg = RunConfig.from_dict(raw, vocab_size=256)
+    cfg = RunConfig.from_dict(raw, vocab_size=VOCAB.get(experiment, 256))
     assert cfg.experiment_name == experiment
     data = dict(raw["data"])
     build_options(frontend_class(data.pop("frontend")).Config, data, "data")
@@ -54,12 +59,23 @@ PAPER = {
     "text/enwik8_txl": dict(n_layers=24, d_model=1024, seq_len=768, mem_len=1920, cmem_len=0),
     "text/pg19_ct": dict(n_layers=36, seq_len=512, mem_len=512, cmem_len=512, compression_rate=2),
     "text/pg19_txl": dict(n_layers=36, seq_len=512, mem_len=1024, cmem_len=0),
+    # Section 5.3: c = 4 (the appendix says 3); Transformer-XL's WikiText-103 adaptive input and softmax.
+    "text/wt103_ct": dict(n_layers=18, d_model=1024, n_heads=16, d_ff=4096, seq_len=512, mem_len=512, cmem_len=512,
+                          compression_rate=4, compression="conv", compression_loss="attention",
+                          adaptive_cutoffs=(20000, 40000, 200000), adaptive_div=4, tie_embeddings=True,
+                          vocab_size=267_735),
+    "text/wt103_txl": dict(n_layers=18, d_model=1024, n_heads=16, d_ff=4096, seq_len=512, mem_len=1024, cmem_len=0,
+                           adaptive_cutoffs=(20000, 40000, 200000), adaptive_div=4, tie_embeddings=True,
+                           vocab_size=267_735),
 }
 
 
 @pytest.mark.parametrize("experiment", sorted(PAPER))
 def test_paper_recipes_have_the_paper_shapes(experiment):
-    cfg = RunConfig.from_dict(compose(experiment), vocab_size=256)
+    raw = compose(experiment)
+    cfg = RunConfig.from_dict(raw, vocab_size=VOCAB.get(experiment, 256))
+    if raw["data"].get("tokenizer") == "words":
+        assert raw["data"]["vocab_size"] == VOCAB[experiment]  # the size the data recipe promises
     for key, value in PAPER[experiment].items():
         assert getattr(cfg.model, key) == value, key
 
@@ -78,6 +94,16 @@ def test_speech_model_is_about_40m_parameters():
 def test_enwik8_evaluates_with_longer_compressed_memory():
     cfg = RunConfig.from_dict(compose("text/enwik8_ct"), vocab_size=256)
     assert cfg.eval_cmem_len == 3072 and cfg.eval_mem_len == 768
+
+
+def test_wt103_recipes_train_as_the_paper_and_evaluate_as_it_reports():
+    ct, txl = (RunConfig.from_dict(compose(f"text/wt103_{m}"), vocab_size=267_735) for m in ("ct", "txl"))
+    assert (ct.eval_mem_len, ct.eval_cmem_len) == (500, 1500)  # the paper's 17.1
+    assert (txl.eval_mem_len, txl.eval_cmem_len) == (1024, 0)
+    for cfg in (ct, txl):
+        assert cfg.trainer.batch_size == 128 and cfg.optim.warmup_steps == 16000 and cfg.optim.decay_steps == 500000
+        assert cfg.model.mem_len + cfg.model.cmem_len == 1024  # equal attended slots in training
+    assert compose("text/wt103_ct")["data"]["corpus"] == "wikitext103"
 
 
 def test_unknown_keys_are_rejected_by_section():
