@@ -38,7 +38,7 @@ import torch
 from bench.report import environment_header, markdown_table, write_results
 from bench.shapes import Shape, get_shape
 
-RECIPES = ("speech_ct", "speech_txl", "enwik8_ct", "enwik8_txl", "pg19_ct", "pg19_txl")
+RECIPES = ("speech_ct", "speech_txl", "enwik8_ct", "enwik8_txl", "pg19_ct", "pg19_txl", "wt103_ct", "wt103_txl")
 GIB = 2**30
 
 
