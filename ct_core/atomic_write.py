@@ -138,8 +138,8 @@ def reason_text(code: int, path: Path) -> str:
     """``os.strerror(code)``, made specific where it helps: which part of
     the path is a file, and the file size limit."""
     text = os.strerror(code)
-    if code in (errno.EEXIST, errno.ENOTDIR):
-        blocker = _existing_ancestor(Path(path).parent)
+    if code in (errno.EEXIST, errno.ENOTDIR):  # a folder was needed where a file is
+        blocker = _existing_ancestor(Path(path))
         if not blocker.is_dir():
             return f"{text}: {blocker} is a file, not a folder"
     if code == errno.EISDIR:
