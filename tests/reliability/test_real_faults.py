@@ -105,8 +105,21 @@ def unchanged(path: Path, content: bytes, load: Callable[[Path], object] = lambd
 
 
 def last_at(run: Path, step: int) -> Callable[[], None]:
-    return lambda: load_checkpoint(run / "checkpoints" / "last.pt", for_resume=True)["step"] == step or \
-        pytest.fail(f"last.pt is not at step {step}")
+    def check() -> None:
+        assert load_checkpoint(run / "checkpoints" / "last.pt", for_resume=True)["step"] == step
+    return check
+
+
+def still_a_folder(path: Path) -> Callable[[], None]:
+    def check() -> None:
+        assert path.is_dir(), f"{path} was replaced"
+    return check
+
+
+def empty(folder: Path) -> Callable[[], None]:
+    def check() -> None:
+        assert list(folder.rglob("*")) == [], "something was written"
+    return check
 
 
 # --------------------------------------------------------------------- the cases
@@ -133,7 +146,7 @@ def train_metrics(fault, inputs, tmp_path) -> Case:
         run = tmp_path / "run"
         (run / "metrics.jsonl").mkdir(parents=True)
         return Case("ct-train", [*SMOKE, f"hydra.run.dir={run}"], [f"{run / 'metrics.jsonl'} is a folder"],
-                    lambda: None if (run / "metrics.jsonl").is_dir() else pytest.fail("folder replaced"), [run])
+                    still_a_folder(run / "metrics.jsonl"), [run])
     run = copy_run(inputs, tmp_path)
     metrics = run / "metrics.jsonl"
     if fault == "permission":
@@ -191,8 +204,7 @@ def prepare(corpus: Callable[[Path], list[str]]):
         if fault == "permission":
             read_only(cache)
             return Case("ct-prepare", recipe, [f"could not prepare data in the cache {cache}", "(Permission denied",
-                                               "data.cache_dir"], lambda: list(cache.rglob("*")) == [] or
-                        pytest.fail("written"), [cache], unprivileged=True)
+                                               "data.cache_dir"], empty(cache), [cache], unprivileged=True)
 
         def intact() -> None:
             assert not list(cache.glob(f"*/*/{MANIFEST}")), "a store was left"
@@ -284,7 +296,7 @@ def eval_report(attention: bool):
         if fault == "file":
             report.mkdir()
             return Case("ct-eval", args, [f"could not write {report} (Is a directory", "is a folder"],
-                        lambda: report.is_dir() or pytest.fail("folder replaced"), [folder])
+                        still_a_folder(report), [folder])
         report.write_text('{"earlier": "report"}')
         check = unchanged(report, report.read_bytes())
         if fault == "permission":
