@@ -29,14 +29,17 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
-import os
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
+
+from ct_core.atomic_write import write_text
+from ct_core.errors import WriteError
 
 #: Baseline numbers cached inside the store directory, keyed by split.
 CACHE_FILE = "baselines.json"
@@ -146,7 +149,8 @@ def cached_baselines(store_path: Path, documents: Callable[[str], Sequence[np.nd
         for s in dict.fromkeys([split, *splits]):
             if s not in known:
                 known[s] = evaluate(counts, documents(s))
-        tmp = cache.with_name(f".{cache_name}.{os.getpid()}")
-        tmp.write_text(json.dumps(known, indent=2))
-        os.replace(tmp, cache)  # atomic: a concurrent reader sees old or new, never half
+        # Atomic: a concurrent reader sees old or new, never half. A store in a
+        # read-only cache keeps no copy: the baselines are computed again next time.
+        with contextlib.suppress(WriteError):
+            write_text(cache, json.dumps(known, indent=2))
     return known[split]

@@ -45,6 +45,7 @@ class AudioFrontEnd(FrontEnd):
     Config = AudioConfig
     SampleRequest = AudioSampleRequest
     sample_suffix = ".wav"
+    companion_suffixes = (".png",)
 
     def __init__(self, cfg: AudioConfig, state: Mapping[str, Any] | None = None) -> None:
         super().__init__(cfg, state)

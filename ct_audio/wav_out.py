@@ -1,6 +1,8 @@
 """Writing generated audio: 16-bit PCM WAV files and spectrogram pictures.
 
-Figures are drawn on matplotlib's Agg canvas directly (no pyplot), so
+Both are written atomically (:mod:`ct_core.atomic_write`): a write that
+fails is one line naming the file and the reason, and never leaves a cut-off
+file under the requested name. Figures are drawn on matplotlib's Agg canvas directly (no pyplot), so
 writing samples works on headless machines and never touches a global
 figure state or a GUI backend.
 
@@ -20,15 +22,18 @@ import soundfile as sf
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from ct_core.atomic_write import atomic_path
+
 # Dynamic range shown: quieter bins are drawn as the floor colour.
 _TOP_DB = 80.0
 
 
 def write_wav(path: Path, wave: np.ndarray, sample_rate: int) -> Path:
-    """Write ``wave`` ``[T]`` (float in [-1, 1]) as 16-bit PCM WAV."""
+    """Write ``wave`` ``[T]`` (float in [-1, 1]) as 16-bit PCM WAV, atomically:
+    a write that fails leaves no cut-off WAV under ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sf.write(path, np.clip(wave, -1.0, 1.0), sample_rate, subtype="PCM_16", format="WAV")
+    with atomic_path(path) as tmp:
+        sf.write(tmp, np.clip(wave, -1.0, 1.0), sample_rate, subtype="PCM_16", format="WAV")
     return path
 
 
@@ -68,10 +73,11 @@ def spectrogram_figure(wave: np.ndarray, sample_rate: int, title: str,
 
 def write_spectrogram_png(path: Path, wave: np.ndarray, sample_rate: int, title: str,
                           boundary_s: float | None = None) -> Path:
-    """Save :func:`spectrogram_figure` of ``wave`` ``[T]`` as a PNG."""
+    """Save :func:`spectrogram_figure` of ``wave`` ``[T]`` as a PNG, atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    spectrogram_figure(wave, sample_rate, title, boundary_s).savefig(path, format="png")
+    figure = spectrogram_figure(wave, sample_rate, title, boundary_s)
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png")
     return path
 
 

@@ -14,7 +14,7 @@ Example::
                                                  cmem_len=8, compression_rate=4))
 """
 
-from ct_core.errors import CheckpointError, ConfigError, DataError, UserError
+from ct_core.errors import CheckpointError, ConfigError, DataError, UserError, WriteError
 from ct_core.model import (
     CompressiveTransformerLM,
     IncrementalDecoder,
@@ -37,6 +37,7 @@ __all__ = [
     "MemoryState",
     "ModelConfig",
     "UserError",
+    "WriteError",
     "__version__",
     "generate",
     "sample_next",

@@ -21,3 +21,9 @@ class DataError(UserError):
 
 class CheckpointError(UserError):
     """A checkpoint that is missing, unreadable or does not match the config."""
+
+
+class WriteError(UserError):
+    """A file that could not be written (disk full, file too large, no
+    permission, ...); the message names it, the operating system's reason
+    and what is still intact."""

@@ -26,6 +26,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from ct_core.atomic_write import write_bytes
 from ct_core.data.frontend import FrontEnd, SampleMedia, check_split
 from ct_core.data.token_store import TokenStore, content_hash, store_lock
 from ct_core.errors import ConfigError, DataError
@@ -266,8 +267,7 @@ class TextFrontEnd(FrontEnd):
         paths = self.sample_paths(out, tokens.shape[0])
         tokenizer = self._require_tokenizer()
         for path, row in zip(paths, tokens):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(tokenizer.token_bytes(row))
+            write_bytes(path, tokenizer.token_bytes(row))  # atomic: never a cut-off sample
         return paths
 
     def stream_text(self, new_tokens: np.ndarray) -> str | None:

@@ -50,6 +50,7 @@ import numpy as np
 import sentencepiece as spm
 import torch
 
+from ct_core.atomic_write import write_bytes
 from ct_core.errors import CheckpointError, ConfigError
 from ct_core.data.token_store import content_hash
 from ct_text.corpus import TextDocument, decode_text
@@ -211,10 +212,7 @@ def load_or_train_sentencepiece(
         return SentencePieceTokenizer(path.read_bytes()), path
     log.info("training SentencePiece (%s, vocab %d) on %.1f MB of train text", model_type, vocab_size, len(text) / 1e6)
     proto = train_sentencepiece(text, vocab_size, model_type)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(proto)
-    os.replace(tmp, path)
+    write_bytes(path, proto, intact="no prepared data was left in the cache")
     return SentencePieceTokenizer(proto), path
 
 

@@ -1,7 +1,8 @@
 """``ct-eval``: evaluate a checkpoint on a complete split.
 
 Prints the front end's metrics one per line, then one JSON object as the
-last line, and writes ``eval_<split>.json`` beside the checkpoint::
+last line, and writes ``eval_<split>.json`` beside the checkpoint (atomically:
+a write that fails is one line, exit 2, and leaves an earlier report whole)::
 
     ct-eval outputs/audio/demo/<time>/checkpoints/last.pt split=test
     ct-eval runs/enwik8_ct/checkpoints/last.pt split=test data.path=/data/enwik8.zip eval.cmem_len=3072
@@ -21,6 +22,7 @@ import json
 import sys
 from pathlib import Path
 
+from ct_core.atomic_write import write_text
 from ct_core.cli.common import OneLineParser, json_line, user_errors
 from ct_core.errors import ConfigError, DataError
 
@@ -99,11 +101,9 @@ def run(checkpoint: Path, overrides: list[str], attention_report: bool = False) 
     line = json_line(report)
     print(line, flush=True)
     out = checkpoint.parent / f"eval_{split}.json"
-    try:
-        out.write_text(json.dumps(json.loads(line), indent=2))
-    except OSError as err:  # the result is printed; a read-only run folder must not lose it
-        print(f"{PROG}: warning: could not write {out} ({err.strerror}); the JSON line above is the result",
-              file=sys.stderr)
+    # Atomic: a failed write leaves an earlier report whole; the result is printed either way.
+    intact = "the earlier report there is unchanged" if out.is_file() else "no report was written there"
+    write_text(out, json.dumps(json.loads(line), indent=2), intact=f"{intact}; the JSON line above is the result")
     return report
 
 
@@ -135,7 +135,7 @@ def write_attention_report(model, docs, cfg, device, checkpoint: Path, split: st
                         "its documents are shorter than the memories")
     stem = checkpoint.parent / f"attention_{split}"
     json_path, png_path = stem.with_suffix(".json"), stem.with_suffix(".png")
-    json_path.write_text(json.dumps(report, indent=2))
+    write_text(json_path, json.dumps(report, indent=2))
     slots = report["slots"]
     write_attention_figure(report, png_path, f"{checkpoint.name}, split {split}: {slots['cmem']} compressed, "
                                              f"{slots['mem']} memory, {slots['segment']} segment slots per layer")

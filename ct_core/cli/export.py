@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ct_core.cli.common import OneLineParser, user_errors
 from ct_core.cli.output_paths import check_output_file
-from ct_core.errors import ConfigError, UserError
+from ct_core.errors import ConfigError
 
 PROG = "ct-export"
 SUFFIX = ".safetensors"
@@ -27,10 +27,8 @@ def export(checkpoint: Path, out: Path, force: bool) -> Path:
         raise ConfigError(f"OUT={out}: the export is a safetensors file; give it the {SUFFIX} suffix "
                           f"(ct-eval and ct-sample read the .pt checkpoint itself)")
     check_output_file(out, "OUT", replace=force, keep=[checkpoint])
-    try:
-        return export_safetensors(checkpoint, out)
-    except OSError as err:
-        raise UserError(f"OUT={out}: could not write it ({err.strerror}); nothing was changed there") from None
+    # Atomic: a failed write is one line (file, reason) and leaves OUT as it was.
+    return export_safetensors(checkpoint, out)
 
 
 def main(argv: list[str] | None = None) -> None:

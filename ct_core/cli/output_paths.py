@@ -39,17 +39,19 @@ def _nearest_existing(path: Path) -> Path:
     return path
 
 
-def check_writable_dir(folder: Path, option: str) -> None:
+def check_writable_dir(folder: Path, option: str, value: Path | None = None) -> None:
     """One-line :class:`ConfigError` unless files can be created in ``folder``
     (which may not exist yet; then its closest existing ancestor must allow
-    creating it). ``option`` names the setting as the user wrote it."""
+    creating it). ``option`` names the setting as the user wrote it, and
+    ``value`` its value when that is a file in ``folder``."""
+    shown = value if value is not None else folder
     where = _nearest_existing(folder)
     if not where.is_dir():
-        raise ConfigError(f"{option}={folder}: {where} is a file, not a folder; choose a path in a folder")
+        raise ConfigError(f"{option}={shown}: {where} is a file, not a folder; choose a path in a folder")
     try:
         fd, probe = tempfile.mkstemp(dir=where, prefix=".ct-write-test-")
     except OSError as err:
-        raise ConfigError(f"{option}={folder}: cannot write in {where} ({err.strerror}); "
+        raise ConfigError(f"{option}={shown}: cannot write in {where} ({err.strerror}); "
                           "choose a writable location") from None
     os.close(fd)
     os.unlink(probe)
@@ -91,7 +93,7 @@ def check_output_file(path: Path, option: str, replace: bool, keep: Iterable[Pat
             raise ConfigError(f"{option}={path} is a checkpoint; it is never replaced, choose another file")
         if not replace:
             raise ConfigError(f"{option}={path} exists; add --force to replace it")
-    check_writable_dir(path.parent, option)
+    check_writable_dir(path.parent, option, value=path)
 
 
 def fresh_name(folder: Path, stem: str) -> Path:

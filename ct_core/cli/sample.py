@@ -5,6 +5,9 @@ writes the output (WAV + spectrogram for audio, text for text)::
 
     ct-sample outputs/audio/demo/<time>/checkpoints/last.pt --seconds 3 --out demo.wav
     ct-sample runs/demo/checkpoints/last.pt --prime speech.wav --prime-seconds 1 --batch 4 --out samples/
+
+An existing file at ``--out`` (an earlier sample) is replaced only with
+``--force``, like ``ct-export``; the checkpoint never is.
     ct-sample runs/shakespeare/checkpoints/last.pt --prompt "ROMEO:" --tokens 400 --top-p 0.95
 """
 
@@ -46,6 +49,8 @@ def common_parser(add_help: bool) -> argparse.ArgumentParser:
                         "Default: a new samples/sample_<date>-<time> file (one stream) or folder in the "
                         "run folder of the checkpoint (the folder holding checkpoints/, else the checkpoint's "
                         "own folder); never an earlier sample's name")
+    parser.add_argument("--force", action="store_true",
+                        help="replace existing files at --out (an earlier sample); never the checkpoint")
     parser.add_argument("--batch", type=int, default=1, help="independent streams sampled together")
     parser.add_argument("--temperature", type=float, default=1.0, help=">= 0; 0 is greedy")
     parser.add_argument("--top-k", type=int, default=None, help="sample among the k most likely (1: greedy)")
@@ -139,7 +144,8 @@ def run(argv: list[str]) -> list[Path]:
         out = out.with_suffix(frontend.sample_suffix)
     targets = frontend.sample_paths(out, args.batch)
     for target in targets:
-        check_output_file(target, "--out", replace=True, keep=[args.checkpoint])
+        for path in [target, *(target.with_suffix(s) for s in frontend.companion_suffixes)]:
+            check_output_file(path, "--out", replace=args.force, keep=[args.checkpoint])
     model = load_model(args.checkpoint, payload, cfg, frontend).to(device)
     # Without a prompt, generation starts from the front end's start token,
     # which is not part of the sample (an audio file holds exactly --seconds).

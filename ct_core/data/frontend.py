@@ -87,6 +87,8 @@ class FrontEnd(abc.ABC):
     SampleRequest: ClassVar[type[SampleRequest]] = SampleRequest
     #: Suffix of the file :meth:`decode` writes per stream.
     sample_suffix: ClassVar[str] = ".txt"
+    #: Suffixes of files :meth:`decode` writes beside each one (a spectrogram).
+    companion_suffixes: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, cfg: Any, state: Mapping[str, Any] | None = None) -> None:
         self.cfg = cfg

@@ -32,6 +32,7 @@ from typing import Any, Callable, ClassVar, Mapping
 
 import numpy as np
 
+from ct_core.atomic_write import write_text
 from ct_core.errors import ConfigError, DataError
 from ct_core.options import section_key
 from ct_core.data.frontend import FrontEnd, SampleMedia, SampleRequest, check_split
@@ -215,8 +216,7 @@ class SyntheticFrontEnd(FrontEnd):
         rows = np.atleast_2d(np.asarray(tokens))  # [B, P + N]
         paths = self.sample_paths(out, len(rows))
         for path, row in zip(paths, rows):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(" ".join(str(int(t)) for t in row) + "\n")
+            write_text(path, " ".join(str(int(t)) for t in row) + "\n")  # atomic: never a cut-off sample
         return paths
 
     def stream_text(self, new_tokens: np.ndarray) -> str | None:

@@ -8,9 +8,13 @@ Layout of a store directory::
 
 A store is written into a temporary sibling directory and renamed into place
 only when complete, so an interrupted preparation never leaves a store that
-looks finished; a later run simply prepares again. Front ends prepare under
+looks finished; a later run simply prepares again. A failed write (full
+disk, file size limit, no permission) is one line naming the file and the
+reason, and leaves the cache as it was. Front ends prepare under
 :func:`store_lock`, so that two processes asking for the same store at once
-prepare it once: the second waits, then finds it ready.
+prepare it once: the second waits, then finds it ready. A finished store in
+a read-only cache is used without the lock. Stores are readable by the
+group (folders ``0o755``, files ``0o644``) whatever the umask.
 
 Example::
 
@@ -35,7 +39,8 @@ from typing import Any, Iterable, Iterator, Mapping
 
 import numpy as np
 
-from ct_core.errors import DataError
+from ct_core.atomic_write import DIR_MODE, FILE_MODE, fsync_dir, make_dirs, reason_text, write_failure
+from ct_core.errors import DataError, WriteError
 
 try:
     import fcntl
@@ -67,19 +72,35 @@ def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.int32)
 
 
+def _cache_failure(err: OSError, path: Path) -> WriteError:
+    return WriteError(f"could not prepare data in the cache {path.parent} ({reason_text(err.errno or 0, path)}); "
+                      "set data.cache_dir (or $CT_CACHE_DIR) to a writable folder")
+
+
 @contextlib.contextmanager
 def store_lock(path: Path) -> Iterator[None]:
     """Hold the preparation lock of the store at ``path`` (``flock`` on
     ``.<name>.lock`` beside it) for the ``with`` block. Check whether the
     store exists inside the block: another process may have just finished
     it. The operating system releases the lock of a process that dies, and
-    the temporary folders such a process left are removed here."""
+    the temporary folders such a process left are removed here.
+
+    A cache that cannot be written (read-only, another user's) but holds
+    the finished store needs no lock: the block runs without one, and
+    reading the store is all it can do. Otherwise an unwritable cache is
+    one line naming it."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     if fcntl is None:
         yield
         return
-    fd = os.open(path.parent / f".{path.name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        make_dirs(path.parent)
+        fd = os.open(path.parent / f".{path.name}.lock", os.O_RDWR | os.O_CREAT, FILE_MODE)
+    except OSError as err:
+        if TokenStore.exists(path):
+            yield  # a finished store is only read: no lock needed
+            return
+        raise _cache_failure(err, path) from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -96,54 +117,95 @@ def store_lock(path: Path) -> Iterator[None]:
 
 
 class TokenStoreWriter:
-    """Append documents split by split, then :meth:`finish` atomically."""
+    """Append documents split by split, then :meth:`finish` atomically.
+
+    A failed write (full disk, file size limit, no permission) removes the
+    temporary folder and raises a one-line :class:`WriteError` naming the
+    file; the cache is left as it was."""
 
     def __init__(self, path: Path, dtype: np.dtype | type) -> None:
         self.path = Path(path)
         self.dtype = np.dtype(dtype)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", dir=self.path.parent))
         self._files: dict[str, Any] = {}
         self._offsets: dict[str, list[int]] = {}
+        self._tmp: Path | None = None
+        with self._failures_as_one_line(self.path / MANIFEST):
+            make_dirs(self.path.parent)
+            self._tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", dir=self.path.parent))
+
+    @contextlib.contextmanager
+    def _failures_as_one_line(self, target: Path) -> Iterator[None]:
+        """Turn a failed write of ``target`` (its final name in the store)
+        into one line, after removing everything written so far."""
+        try:
+            yield
+        except Exception as err:
+            size = 0
+            with contextlib.suppress(OSError, TypeError):
+                size = (self._tmp / target.name).stat().st_size  # type: ignore[operator]
+            self.abort()
+            failure = write_failure(err, target, "no prepared data was left in the cache", size)
+            if failure is None:
+                raise
+            raise failure from None
+
+    def _open(self, split: str) -> None:
+        self._files[split] = open(self._tmp / f"{split}.bin", "wb")  # type: ignore[operator]
+        self._offsets[split] = [0]
 
     def add(self, split: str, tokens: np.ndarray) -> None:
         """Append one document ``[L]`` to ``split``."""
-        if split not in self._files:
-            self._files[split] = open(self._tmp / f"{split}.bin", "wb")
-            self._offsets[split] = [0]
-        arr = np.ascontiguousarray(tokens, dtype=self.dtype)
-        self._files[split].write(arr.tobytes())
-        self._offsets[split].append(self._offsets[split][-1] + arr.size)
+        with self._failures_as_one_line(self.path / f"{split}.bin"):
+            if split not in self._files:
+                self._open(split)
+            arr = np.ascontiguousarray(tokens, dtype=self.dtype)
+            self._files[split].write(arr.tobytes())
+            self._offsets[split].append(self._offsets[split][-1] + arr.size)
 
     def finish(self, manifest: Mapping[str, Any], splits: Iterable[str] = ()) -> Path:
         """Write the index and manifest, then move the store into place.
         ``splits`` names splits that must exist even when empty."""
+        assert self._tmp is not None
         for split in splits:
             if split not in self._files:
-                self._files[split] = open(self._tmp / f"{split}.bin", "wb")
-                self._offsets[split] = [0]
+                with self._failures_as_one_line(self.path / f"{split}.bin"):
+                    self._open(split)
         for split, f in self._files.items():
-            f.close()
-            np.save(self._tmp / f"{split}.idx.npy", np.asarray(self._offsets[split], dtype=np.int64))
+            with self._failures_as_one_line(self.path / f"{split}.bin"):
+                f.flush()
+                os.fsync(f.fileno())
+                f.close()
+            with self._failures_as_one_line(self.path / f"{split}.idx.npy"):
+                np.save(self._tmp / f"{split}.idx.npy", np.asarray(self._offsets[split], dtype=np.int64))
         full = dict(manifest)
         full["dtype"] = self.dtype.name
         full["splits"] = {s: {"documents": len(o) - 1, "tokens": o[-1]} for s, o in self._offsets.items()}
-        (self._tmp / MANIFEST).write_text(json.dumps(full, indent=2, default=str))
-        if self.path.exists():
-            shutil.rmtree(self.path)
-        os.replace(self._tmp, self.path)
+        with self._failures_as_one_line(self.path / MANIFEST):
+            (self._tmp / MANIFEST).write_text(json.dumps(full, indent=2, default=str))
+            # Readable by the group whatever the umask: a cache may be shared by the nodes of a cluster.
+            for file in self._tmp.iterdir():
+                os.chmod(file, FILE_MODE)
+            os.chmod(self._tmp, DIR_MODE)
+            if self.path.exists():
+                shutil.rmtree(self.path)
+            os.replace(self._tmp, self.path)
+        with contextlib.suppress(OSError):
+            fsync_dir(self.path.parent)
         return self.path
 
     def abort(self) -> None:
         for f in self._files.values():
-            f.close()
-        shutil.rmtree(self._tmp, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                f.close()  # closing flushes: a full disk fails again here
+        self._files.clear()
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
 
     def __enter__(self) -> "TokenStoreWriter":
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if self._tmp.exists():
+        if self._tmp is not None and self._tmp.exists():
             self.abort()
 
 

@@ -18,11 +18,13 @@ Example::
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
+from ct_core.atomic_write import atomic_path
 from ct_core.data.stream_batcher import IGNORE_INDEX, StreamBatcher
 from ct_core.model.lm import CompressiveTransformerLM
 from ct_core.train.runtime import autocast_context
@@ -103,7 +105,8 @@ def attention_by_distance(
 
 def write_attention_figure(report: dict[str, Any], path, title: str) -> None:
     """A bar chart of ``report``: one bar per bucket (oldest left), coloured
-    by region, with standard-error bars, and each layer as a thin line."""
+    by region, with standard-error bars, and each layer as a thin line;
+    written atomically (a failed write is one line and leaves ``path`` as it was)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -122,5 +125,8 @@ def write_attention_figure(report: dict[str, Any], path, title: str) -> None:
     handles = [plt.Rectangle((0, 0), 1, 1, color=c) for r, c in colours.items() if r in report["mean_by_region"]]
     ax.legend(handles, [r for r in colours if r in report["mean_by_region"]], fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        with atomic_path(Path(path)) as tmp:
+            fig.savefig(tmp, dpi=110, format="png")
+    finally:
+        plt.close(fig)

@@ -23,10 +23,13 @@ Payload keys (the trainer fills them; ``FORMAT_VERSION`` changes when they do):
 =================  ============================================================
 
 Writing goes to a temporary file beside the target, is flushed to disk, then
-renamed over the target (``os.replace`` is atomic), so a process killed
-mid-save leaves the previous checkpoint whole. ``last.pt`` is swapped in the
-same way, as a hard link to the newest step file where the file system
-allows (no second write of a large file), else as a copy.
+renamed over the target (``os.replace`` is atomic; see
+:mod:`ct_core.atomic_write`), so a process killed mid-save leaves the
+previous checkpoint whole, and a save that fails (whatever ``torch.save``
+raises for a full disk) is one line naming the file, the reason and the
+newest complete checkpoint. ``last.pt`` is swapped in the same way, as a
+hard link to the newest step file where the file system allows (no second
+write of a large file), else as a copy.
 
 Example::
 
@@ -38,22 +41,21 @@ Example::
 
 from __future__ import annotations
 
-import contextlib
 import importlib.metadata
 import json
 import os
 import random
 import re
 import shutil
-import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
 from safetensors.torch import save_file
 
+from ct_core.atomic_write import TMP_SUFFIX, Intact, atomic_path, make_dirs, write_failure
 from ct_core.errors import CheckpointError, ConfigError
 from ct_core.train.checkpoint_diagnosis import foreign_format, why_unreadable
 
@@ -64,7 +66,6 @@ REQUIRED_KEYS = ("format_version", "package_version", "config", "model", "step",
 TRAINING_KEYS = ("optimizer", "scheduler", "tokens_seen", "batcher", "memory", "rng")
 LAST = "last.pt"
 _STEP_FILE = re.compile(r"step_(\d+)\.pt")
-_TMP_SUFFIX = ".tmp"
 
 
 def package_version() -> str:
@@ -110,40 +111,11 @@ def restore_rng_state(state: dict[str, Any]) -> None:
     random.setstate((p["version"], tuple(p["internal"]), p["gauss_next"]))
 
 
-# ------------------------------------------------------------- atomic writes
-@contextlib.contextmanager
-def _atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a fresh temporary path beside ``path``; once the caller has
-    written it, sync it to disk and rename it over ``path``. On any error
-    (or KeyboardInterrupt) the temporary file is removed and ``path`` is
-    untouched."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=_TMP_SUFFIX)
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        yield tmp
-        fd = os.open(tmp, os.O_RDWR)
-        try:
-            os.fsync(fd)  # the data must be on disk before the rename can expose it
-        finally:
-            os.close(fd)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; checkpoints are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    if os.name == "posix":  # make the rename itself durable
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    """Write ``payload`` to ``path`` atomically (see the module docstring)."""
-    with _atomic_path(Path(path)) as tmp:
+def save_checkpoint(path: Path, payload: dict[str, Any], intact: Intact = None) -> None:
+    """Write ``payload`` to ``path`` atomically (see the module docstring); a
+    failed write is a one-line :class:`~ct_core.errors.WriteError` ending in
+    ``intact``."""
+    with atomic_path(Path(path), intact=intact) as tmp:
         torch.save(payload, tmp)
 
 
@@ -199,9 +171,12 @@ class CheckpointManager:
             raise ConfigError(f"keep_last={keep_last} must be >= 0 (0 keeps only {LAST})")
         self.dir = Path(directory)
         self.keep_last = keep_last
-        self.dir.mkdir(parents=True, exist_ok=True)
+        try:
+            make_dirs(self.dir)
+        except OSError as err:
+            raise (write_failure(err, self.dir / LAST, "nothing was written") or err) from None
         # Leftovers of a save that was killed (SIGKILL skips all clean-up).
-        for stale in self.dir.glob(f".*.pt.*{_TMP_SUFFIX}"):
+        for stale in self.dir.glob(f".*.pt.*{TMP_SUFFIX}"):
             stale.unlink(missing_ok=True)
 
     @property
@@ -223,22 +198,23 @@ class CheckpointManager:
     def save(self, step: int, payload: dict[str, Any]) -> Path:
         """Write the step file, point ``last.pt`` at it, prune old step files.
 
-        A write that fails (disk full, file too large, an I/O error) leaves
-        the earlier files as they were, no temporary file, and raises a
-        one-line :class:`CheckpointError` naming the newest complete
-        checkpoint; the caller stops there rather than retrying."""
+        A write that fails (disk full, file too large, no permission, an I/O
+        error) leaves the earlier files as they were, no temporary file, and
+        raises a one-line :class:`~ct_core.errors.WriteError` naming the
+        file, the reason and the newest complete checkpoint; the caller
+        stops there rather than retrying."""
         path = self.step_path(step)
-        try:
-            save_checkpoint(path, payload)
-            with _atomic_path(self.last_path) as tmp:
-                tmp.unlink()
-                try:
-                    os.link(path, tmp)
-                except OSError:  # no hard links here (some network or Windows file systems)
-                    shutil.copyfile(path, tmp)
-        except OSError as err:
-            raise CheckpointError(f"saving {path} failed ({err.strerror}); {self._newest()}; "
-                                  "make room and continue with resume=auto") from None
+
+        def intact() -> str:
+            return f"{self._newest()}; make room and continue with resume=auto"
+
+        save_checkpoint(path, payload, intact)
+        with atomic_path(self.last_path, intact) as tmp:
+            tmp.unlink()
+            try:
+                os.link(path, tmp)
+            except OSError:  # no hard links here (some network or Windows file systems)
+                shutil.copyfile(path, tmp)
         step_files = self.step_files()
         for _, old in step_files[: max(len(step_files) - self.keep_last, 0)]:
             old.unlink(missing_ok=True)
@@ -285,6 +261,6 @@ def export_safetensors(checkpoint_path: Path, out_path: Path) -> Path:
         "package_version": str(payload["package_version"]),
     }
     out_path = Path(out_path)
-    with _atomic_path(out_path) as tmp:
+    with atomic_path(out_path) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
     return out_path

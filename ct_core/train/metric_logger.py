@@ -10,6 +10,11 @@ logs) one plain line every ``log_every`` steps::
 
     step 120/1000 | loss 2.314 | 12,345 tok/s | eta 3m12s
 
+Writes that fail (full disk, file size limit, no permission) are one
+:class:`~ct_core.errors.WriteError` line naming the file and the reason. A
+row whose append fails is cut off again, so ``metrics.jsonl`` keeps exactly
+its earlier rows; rewriting it on resume is atomic.
+
 On ranks other than 0, build it with ``enabled=False``: every method is then
 a no-op and :attr:`MetricLogger.writer` is ``None``.
 
@@ -23,17 +28,24 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import sys
+import threading
 import time
 from pathlib import Path
-from typing import Any, Mapping, TextIO
+from typing import Any, Iterator, Mapping, TextIO
 
 from tqdm import tqdm
 
+from ct_core.atomic_write import FILE_MODE, make_dirs, reason_text, write_failure, write_text
 from ct_core.data.frontend import SampleMedia
+from ct_core.errors import WriteError
+
+METRICS = "metrics.jsonl"
+TENSORBOARD = "tb"
 
 
 def format_duration(seconds: float) -> str:
@@ -71,6 +83,24 @@ def json_safe(value: Any) -> Any:
     return value
 
 
+def _quiet_tensorboard_thread() -> None:
+    """TensorBoard writes events in a background thread. When a write fails
+    there, the thread would print a traceback, although the same exception
+    reaches this thread at the next TensorBoard call, which reports it in
+    one line; so that thread's traceback is not printed."""
+    previous = threading.excepthook
+    if getattr(previous, "quiet_tensorboard", False):
+        return
+
+    def hook(args: Any) -> None:
+        if type(args.thread).__module__.startswith("tensorboard.") and isinstance(args.exc_value, Exception):
+            return
+        previous(args)
+
+    hook.quiet_tensorboard = True  # type: ignore[attr-defined]
+    threading.excepthook = hook
+
+
 class MetricLogger:
     """Metrics file, TensorBoard writer and progress display of one run.
 
@@ -90,7 +120,7 @@ class MetricLogger:
         self.log_every = max(1, log_every)
         self.stream = stream if stream is not None else sys.stderr
         self.writer: Any = None  # torch.utils.tensorboard.SummaryWriter
-        self._jsonl: TextIO | None = None
+        self._jsonl: int | None = None  # file descriptor of metrics.jsonl, opened for appending
         self._run_dir: Path | None = None
         self._bar: tqdm | None = None
         self._first: tuple[int, float] | None = None  # (step, time) of the first progress call
@@ -99,15 +129,60 @@ class MetricLogger:
         if not enabled or run_dir is None:
             return
         self._run_dir = Path(run_dir)
-        self._run_dir.mkdir(parents=True, exist_ok=True)
-        self._jsonl = open(self._run_dir / "metrics.jsonl", "a", encoding="utf-8")
+        self._open_jsonl()
         self._open_writer()
+
+    @property
+    def _metrics_path(self) -> Path:
+        assert self._run_dir is not None
+        return self._run_dir / METRICS
+
+    def _open_jsonl(self) -> None:
+        path = self._metrics_path
+        try:
+            make_dirs(path.parent)
+            self._jsonl = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
+        except OSError as err:
+            raise (write_failure(err, path, "nothing was written to it") or err) from None
+
+    @contextlib.contextmanager
+    def _tensorboard_failures(self) -> Iterator[None]:
+        """A failed TensorBoard write as one line naming its events file."""
+        try:
+            yield
+        except Exception as err:
+            event_writer = getattr(getattr(self.writer, "file_writer", None), "event_writer", None)
+            events = getattr(event_writer, "_file_name", None) or (self._run_dir / TENSORBOARD)  # type: ignore[operator]
+            failure = write_failure(err, Path(events), f"{self._metrics_path} holds every row logged")
+            if failure is None:
+                raise
+            raise failure from None
 
     def _open_writer(self, purge_step: int | None = None) -> None:
         # Imported here: tensorboard is slow to import and only rank 0 needs it.
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(str(self._run_dir / "tb"), flush_secs=30, purge_step=purge_step)
+        _quiet_tensorboard_thread()
+        with self._tensorboard_failures():
+            self.writer = SummaryWriter(str(self._run_dir / TENSORBOARD), flush_secs=30, purge_step=purge_step)
+
+    def _append(self, line: str) -> None:
+        """Append ``line`` to metrics.jsonl whole, or not at all."""
+        assert self._jsonl is not None
+        data = line.encode("utf-8")
+        start = os.lseek(self._jsonl, 0, os.SEEK_END)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._jsonl, view):]
+        except OSError as err:
+            try:
+                os.ftruncate(self._jsonl, start)
+                intact = "its earlier rows are intact"
+            except OSError:
+                intact = "its earlier rows are intact; a cut-off last line is dropped on resume"
+            raise WriteError(f"could not append to {self._metrics_path} "
+                             f"({reason_text(err.errno or 0, self._metrics_path)}); {intact}") from None
 
     def truncate_after(self, step: int) -> None:
         """Forget what was logged after ``step``: a run resumed from a
@@ -117,16 +192,16 @@ class MetricLogger:
         its events past ``step``."""
         if self._jsonl is None or self._run_dir is None:
             return
-        path = self._run_dir / "metrics.jsonl"
-        self._jsonl.close()
+        path = self._metrics_path
+        os.close(self._jsonl)
+        self._jsonl = None
         kept = [line for line in path.read_text(encoding="utf-8").splitlines(keepends=True)
                 if line.endswith("\n") and _step_of(line) <= step]
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text("".join(kept), encoding="utf-8")
-        os.replace(tmp, path)
-        self._jsonl = open(path, "a", encoding="utf-8")
+        write_text(path, "".join(kept))
+        self._open_jsonl()
         if self.writer is not None:
-            self.writer.close()
+            with self._tensorboard_failures():
+                self.writer.close()
             self._open_writer(purge_step=step + 1)
 
     def log(self, step: int, metrics: Mapping[str, Any], split: str = "train") -> None:
@@ -137,22 +212,23 @@ class MetricLogger:
         if self._jsonl is not None:
             record = {"step": step, "split": split, "time": round(time.time(), 3)}
             record.update({name: json_safe(value) for name, value in values.items()})
-            self._jsonl.write(json.dumps(record) + "\n")
-            self._jsonl.flush()  # a crashed run keeps every line it logged
+            self._append(json.dumps(record) + "\n")  # unbuffered: a crashed run keeps every line it logged
         if self.writer is not None:
-            for name, value in values.items():
-                self.writer.add_scalar(f"{split}/{name}", float(value), step)
+            with self._tensorboard_failures():
+                for name, value in values.items():
+                    self.writer.add_scalar(f"{split}/{name}", float(value), step)
 
     def log_media(self, step: int, media: SampleMedia) -> None:
         """Write a front end's rendered samples to TensorBoard."""
         if self.writer is None:
             return
-        for tag, text in media.texts.items():
-            self.writer.add_text(tag, text, step)
-        for tag, (wave, rate) in media.audio.items():
-            self.writer.add_audio(tag, wave[None, :], step, sample_rate=rate)
-        for tag, image in media.images.items():
-            self.writer.add_image(tag, image, step, dataformats="HWC")
+        with self._tensorboard_failures():
+            for tag, text in media.texts.items():
+                self.writer.add_text(tag, text, step)
+            for tag, (wave, rate) in media.audio.items():
+                self.writer.add_audio(tag, wave[None, :], step, sample_rate=rate)
+            for tag, image in media.images.items():
+                self.writer.add_image(tag, image, step, dataformats="HWC")
 
     def progress(self, step: int, loss: float | None, tokens_per_s: float | None) -> None:
         """Show training progress after optimizer step ``step`` (1-based);
@@ -196,11 +272,16 @@ class MetricLogger:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
-        if self.writer is not None:
-            self.writer.close()
         if self._jsonl is not None:
-            self._jsonl.close()
+            os.close(self._jsonl)
             self._jsonl = None
+        if self.writer is not None:
+            try:
+                with self._tensorboard_failures():
+                    self.writer.flush()  # raises what the background thread ran into
+                    self.writer.close()
+            finally:
+                self.writer = None
 
     def __enter__(self) -> "MetricLogger":
         return self

@@ -18,7 +18,7 @@ FORBIDDEN = {
     "cli": ("ct_audio", "ct_text"),
 }
 #: leaf modules every package may use
-SHARED = {"__init__.py", "errors.py", "options.py"}
+SHARED = {"__init__.py", "errors.py", "options.py", "atomic_write.py"}
 
 
 def imported_modules(path: Path) -> set[str]:

@@ -16,7 +16,7 @@ import torch
 import ct_core.train.checkpoint as checkpoint
 from ct_core.cli.common import compose_recipe
 from ct_core.cli.run_setup import build_run
-from ct_core.errors import CheckpointError
+from ct_core.errors import WriteError
 from ct_core.train.checkpoint import load_checkpoint
 from ct_core.train.trainer import Trainer
 from tests.reliability.conftest import SMOKE, assert_ends_in_one_line_error, run_with_fault
@@ -66,10 +66,12 @@ FAULTS = {
 def test_a_failed_save_keeps_the_previous_checkpoint_and_stops_in_one_line(tmp_path, monkeypatch, fault):
     trainer = make_trainer(tmp_path)
     FAULTS[fault](monkeypatch)
-    with pytest.raises(CheckpointError) as err:
+    with pytest.raises(WriteError) as err:
         trainer.fit()
     message = str(err.value)
-    assert "\n" not in message and "step_00000010.pt" in message and "resume=auto" in message, message
+    failed = "last.pt (" if "last.pt" in fault else "step_00000010.pt ("  # the file whose write failed
+    assert "\n" not in message and f"could not write {tmp_path / 'checkpoints' / failed}" in message, message
+    assert "resume=auto" in message, message
     assert any(os.strerror(code) in message for code in (errno.ENOSPC, errno.EFBIG, errno.EIO)), message
     monkeypatch.undo()
     folder = tmp_path / "checkpoints"

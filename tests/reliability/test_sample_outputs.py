@@ -120,3 +120,31 @@ def test_device_names_are_one_line(checkpoint, tmp_path):
     if not torch.cuda.is_available():
         proc = run_cli("ct-sample", str(checkpoint), "--tokens", "4", "--device", "cuda", check=False)
         assert_one_line_error(proc, "--device cuda", "no CUDA device", "--device cpu")
+
+
+def test_an_existing_output_file_is_replaced_only_with_force(checkpoint, tmp_path):
+    earlier = tmp_path / "story.txt"
+    earlier.write_text("an earlier sample")
+    proc = run_cli("ct-sample", str(checkpoint), "--tokens", "1000000", "--out", str(earlier), check=False,
+                   timeout=120)  # refused before sampling: a million tokens would take minutes
+    assert_one_line_error(proc, f"--out={earlier} exists", "--force")
+    assert earlier.read_text() == "an earlier sample"
+
+    run_cli("ct-sample", str(checkpoint), "--tokens", "4", "--out", str(earlier), "--force")
+    assert len(earlier.read_text().split()) == 4
+
+
+def test_earlier_samples_in_an_output_folder_need_force(audio_checkpoint, tmp_path):
+    folder = tmp_path / "samples"
+    run_cli("ct-sample", str(audio_checkpoint), "--batch", "2", "--seconds", "0.01", "--out", str(folder))
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    assert sorted(before) == ["sample_000.png", "sample_000.wav", "sample_001.png", "sample_001.wav"]
+    (folder / "sample_000.wav").unlink()  # the spectrogram beside it is an earlier sample too
+    proc = run_cli("ct-sample", str(audio_checkpoint), "--batch", "2", "--seconds", "0.01", "--seed", "5",
+                   "--out", str(folder), check=False)
+    assert_one_line_error(proc, f"--out={folder / 'sample_000.png'} exists", "--force")
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == {k: v for k, v in before.items()
+                                                                  if k != "sample_000.wav"}
+    run_cli("ct-sample", str(audio_checkpoint), "--batch", "2", "--seconds", "0.01", "--seed", "5",
+            "--out", str(folder), "--force")
+    assert (folder / "sample_001.wav").read_bytes() != before["sample_001.wav"]
