@@ -19,14 +19,13 @@ from __future__ import annotations
 import codecs
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ct_core.atomic_write import write_bytes
+from ct_core.atomic_write import write_bytes, write_text
 from ct_core.data.frontend import FrontEnd, SampleMedia, check_split
 from ct_core.data.token_store import TokenStore, content_hash, store_lock
 from ct_core.errors import ConfigError, DataError
@@ -212,9 +211,8 @@ class TextFrontEnd(FrontEnd):
         if split not in known:
             train = self._store.documents("train")
             known[split] = unigram_ppl(train, self._store.documents(split), self.vocab_size)
-            tmp = cache.with_name(f".{BASELINES}.{os.getpid()}")
-            tmp.write_text(json.dumps(known, indent=2))
-            os.replace(tmp, cache)  # atomic: a concurrent reader sees the old file or the new one
+            # Atomic: a concurrent reader sees the old file or the new one.
+            write_text(cache, json.dumps(known, indent=2), intact="the token store is unchanged")
         return float(known[split])
 
     # ------------------------------------------------------------ checkpoint

@@ -24,7 +24,7 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-from ct_core.errors import ConfigError, DataError
+from ct_core.errors import DataError
 from ct_text.corpus import BOM, Corpus, TextDocument, read_text_file
 
 

@@ -42,12 +42,13 @@ import array
 import hashlib
 import io
 import itertools
-import os
 from collections import Counter
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
+
+from ct_core.atomic_write import make_dirs, write_bytes
 
 EOS = "<eos>"
 UNK = "<unk>"
@@ -186,10 +187,8 @@ def save_vocabulary(vocab: WordVocabulary, cache_dir: Path) -> Path:
     (atomically; an existing file of that name already holds it)."""
     path = Path(cache_dir) / "text" / "vocabularies" / f"{vocab.sha256[:16]}.txt"
     if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_bytes(vocab.to_bytes())
-        os.replace(tmp, path)
+        make_dirs(path.parent)
+        write_bytes(path, vocab.to_bytes(), intact="the token store was not written")
     return path
 
 

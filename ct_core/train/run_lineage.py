@@ -25,12 +25,11 @@ Example::
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import uuid
 from pathlib import Path
 from typing import Any, Mapping
 
+from ct_core.atomic_write import write_text
 from ct_core.errors import ConfigError
 
 RUN_FILE = "run.json"
@@ -117,17 +116,5 @@ def run_id_to_train_under(run_dir: Path, source: Path | None, payload: Mapping[s
 def _write_record(run_dir: Path, record: Mapping[str, Any]) -> None:
     """``run_dir/run.json``, written to a temporary file and renamed into
     place; a failed write is a one-line error and leaves no file behind."""
-    path = Path(run_dir) / RUN_FILE
-    tmp = None
-    try:
-        fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=f".{RUN_FILE}.", suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(record, indent=2) + "\n")
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; the run folder is meant to be shared
-        os.replace(tmp, path)
-    except OSError as err:
-        raise ConfigError(f"cannot write {path} ({err.strerror}); nothing was trained; "
-                          "make room or choose another hydra.run.dir") from None
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
+    write_text(Path(run_dir) / RUN_FILE, json.dumps(record, indent=2) + "\n",
+               intact="nothing was trained; make room or choose another hydra.run.dir")

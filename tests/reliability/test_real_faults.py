@@ -29,7 +29,6 @@ from typing import Callable
 
 import pytest
 import soundfile as sf
-import torch
 from safetensors.torch import load_file
 
 from ct_core.data.token_store import MANIFEST

@@ -3,12 +3,10 @@ recipes have the paper's shapes, and ``import ct_core`` stays front-end free."""
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from ct_core.cli.common import compose_recipe, recipes_dir
-from ct_core.model.config import ModelConfig
 from ct_core.errors import ConfigError
 from ct_core.data.frontend import frontend_class
 from ct_core.options import build_options

@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
 
 def sinusoid(distances: torch.Tensor, d_model: int) -> torch.Tensor:
