@@ -12,6 +12,7 @@ Example::
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import librosa
@@ -28,7 +29,9 @@ def write_wav(path: Path, wave: np.ndarray, sample_rate: int) -> Path:
     """Write ``wave`` ``[T]`` (float in [-1, 1]) as 16-bit PCM WAV."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    sf.write(path, np.clip(wave, -1.0, 1.0), sample_rate, subtype="PCM_16", format="WAV")
+    # As bytes: soundfile encodes a str name strictly, which fails on a
+    # non-ASCII name under an ASCII locale.
+    sf.write(os.fsencode(path), np.clip(wave, -1.0, 1.0), sample_rate, subtype="PCM_16", format="WAV")
     return path
 
 
