@@ -101,9 +101,9 @@ def mismatch_error(path: Path, payload: Mapping[str, Any], cfg: RunConfig,
     option = describe_mismatch(payload["config"], payload.get("frontend") or {}, cfg)
     if option is not None:
         return CheckpointError(f"{path}: {option}; use the checkpoint's value (or its recipe) for this model")
-    return CheckpointError(f"{path}: the weights do not fit the model its recipe describes "
-                           f"({_first_unfit_tensor(model, payload['model'])}); the file was changed after it "
-                           "was written, use another checkpoint")
+    return CheckpointError(f"{path}: the weights do not match the model its recipe describes "
+                           f"({_first_unfit_tensor(model, payload['model'])}); the file's recipe and weights "
+                           "disagree, use another checkpoint")
 
 
 def build_model(path: Path, payload: Mapping[str, Any], cfg: RunConfig) -> CompressiveTransformerLM:
