@@ -17,6 +17,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 from pathlib import Path
 
@@ -69,7 +70,7 @@ def read_audio(path: Path | str) -> tuple[np.ndarray, int]:
     if path.stat().st_size == 0:
         raise UnusableAudio(path, "empty file (0 bytes)")
     try:
-        f = sf.SoundFile(path)
+        f = sf.SoundFile(os.fsencode(path))  # bytes: a str name must be ASCII under an ASCII locale
     except (sf.LibsndfileError, RuntimeError, TypeError) as e:
         raise UnusableAudio(path, f"unreadable ({_short(e)})") from None
     with f:

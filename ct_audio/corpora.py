@@ -228,6 +228,7 @@ def list_corpus(corpus: str, root: str | Path | None) -> Listing:
         raise DataError(f"data.root={folder}: no such folder; set data.root to the folder that holds the {corpus} corpus")
     listing = READERS[corpus](folder)
     if not listing.utterances:
-        raise DataError(f"{folder}: no {corpus} audio files found "
-                        f"(looked for {', '.join(sorted(AUDIO_EXTENSIONS))})")
+        layout = "" if corpus == "folder" else f" in the {corpus} layout"
+        raise DataError(f"data.root={folder}: no audio files found{layout} "
+                        f"(looked for {', '.join(sorted(AUDIO_EXTENSIONS))}); point data.root at the folder that holds them")
     return listing

@@ -15,6 +15,7 @@ Example::
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -66,6 +67,10 @@ class AudioFrontEnd(FrontEnd):
         if self._store is None:
             self.prepare()
         return self._store
+
+    @property
+    def store_path(self) -> Path | None:
+        return None if self._store is None else self._store.path
 
     def documents(self, split: str) -> Sequence[np.ndarray]:
         check_split(split)
@@ -152,7 +157,9 @@ class AudioFrontEnd(FrontEnd):
         written: list[Path] = []
         for stream, wav_path in zip(tokens, targets):
             wave = mulaw_decode(stream, self.cfg.mu)  # [P + N]
-            title = f"{wav_path.stem}: {len(wave) / sr:.2f} s at {sr} Hz"
+            # The name as text: under an ASCII locale a non-ASCII name holds escaped bytes.
+            name = os.fsencode(wav_path.stem).decode("utf-8", "replace")
+            title = f"{name}: {len(wave) / sr:.2f} s at {sr} Hz"
             if boundary is not None:
                 title += f", primed with {boundary:.2f} s"
             written.append(write_wav(wav_path, wave, sr))

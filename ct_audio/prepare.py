@@ -67,7 +67,8 @@ def _file_stamps(listing: Listing) -> list[tuple[str, int, int]]:
 def plan_preparation(cfg: AudioConfig) -> Plan:
     """List the corpus, split it and locate its store (no audio is read)."""
     listing = list_corpus(cfg.corpus, cfg.root)
-    splits, rule = assign_splits(listing.utterances, cfg.valid_fraction, cfg.test_fraction, cfg.seed)
+    splits, rule = assign_splits(listing.utterances, cfg.valid_fraction, cfg.test_fraction, cfg.seed,
+                                 source=f"data.root={listing.root}")
     splits = cap_files(splits, cfg.max_files, cfg.seed)
     key = content_hash({
         "format": FORMAT_VERSION,

@@ -12,7 +12,9 @@ The rule, in order of preference:
    corpora such as LJ Speech, plain folders).
 
 A fraction is the share of speakers (rule 2) or utterances (rule 3), rounded,
-and at least one when the fraction is positive. Within a split, utterances
+and at least one when the fraction is positive; a corpus too small to give
+every requested split a file and keep one for training is refused (one
+line naming the options that fill each split). Within a split, utterances
 are ordered by id, so documents come in a stable, readable order.
 
 Example::
@@ -27,6 +29,7 @@ import numpy as np
 
 from ct_audio.corpora import Utterance
 from ct_core.data.frontend import SPLITS
+from ct_core.errors import DataError
 
 
 def _count(fraction: float, n: int) -> int:
@@ -47,10 +50,25 @@ def _draw(keys: list[str], valid_fraction: float, test_fraction: float,
     return split_of
 
 
+def too_few_files(n: int, valid_fraction: float, test_fraction: float, source: str) -> DataError:
+    """Why ``n`` files cannot be split as asked, naming the option behind
+    each split's share."""
+    n_valid, n_test = _count(valid_fraction, n), _count(test_fraction, n)
+    needed = n_valid + n_test + 1
+    # Leaving test empty is the fix that keeps training possible (ct-train needs valid).
+    fix = ", or set data.test_fraction=0 to leave test empty" if n_test and n > n_valid else ""
+    return DataError(
+        f"{source}: {n} audio file{'s' if n != 1 else ''} cannot be split: data.valid_fraction={valid_fraction} "
+        f"gives valid {n_valid}, data.test_fraction={test_fraction} gives test {n_test}, and train keeps the "
+        f"rest, at least 1 ({needed} files in all); add files{fix}"
+    )
+
+
 def assign_splits(utterances: list[Utterance], valid_fraction: float, test_fraction: float,
-                  seed: int) -> tuple[dict[str, list[Utterance]], str]:
+                  seed: int, source: str = "the corpus") -> tuple[dict[str, list[Utterance]], str]:
     """Split ``utterances`` into :data:`~ct_core.data.frontend.SPLITS`; returns the
-    splits and the name of the rule used."""
+    splits and the name of the rule used. ``source`` names the corpus in
+    the error for too few files (``data.root=...``)."""
     utterances = sorted(utterances, key=lambda u: u.id)
     official = {u.split for u in utterances}
     if None not in official and official >= set(SPLITS):
@@ -66,8 +84,8 @@ def assign_splits(utterances: list[Utterance], valid_fraction: float, test_fract
         else:
             rule = "by-utterance"
             split_of = _draw([u.id for u in utterances], valid_fraction, test_fraction, seed)
-            if split_of is None:  # one or two files: all of it is training data
-                split_of = {u.id: "train" for u in utterances}
+            if split_of is None:
+                raise too_few_files(len(utterances), valid_fraction, test_fraction, source)
     splits: dict[str, list[Utterance]] = {s: [] for s in SPLITS}
     for u in utterances:
         splits[split_of[u.id]].append(u)

@@ -14,6 +14,7 @@ Example::
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import librosa
@@ -32,8 +33,10 @@ def write_wav(path: Path, wave: np.ndarray, sample_rate: int) -> Path:
     """Write ``wave`` ``[T]`` (float in [-1, 1]) as 16-bit PCM WAV, atomically:
     a write that fails leaves no cut-off WAV under ``path``."""
     path = Path(path)
+    # As bytes: soundfile encodes a str name strictly, which fails on a
+    # non-ASCII name under an ASCII locale.
     with atomic_path(path) as tmp:
-        sf.write(tmp, np.clip(wave, -1.0, 1.0), sample_rate, subtype="PCM_16", format="WAV")
+        sf.write(os.fsencode(tmp), np.clip(wave, -1.0, 1.0), sample_rate, subtype="PCM_16", format="WAV")
     return path
 
 

@@ -9,7 +9,8 @@ Four subpackages, imported in one direction (cli -> train -> data, model):
 
 Example::
 
-    from ct_core import ModelConfig, CompressiveTransformerLM
+    from ct_core import ModelConfig, CompressiveTransformerLM, load_model
+    trained = load_model("runs/demo/checkpoints/last.pt")   # or a ct-export .safetensors file
     model = CompressiveTransformerLM(ModelConfig(vocab_size=256, seq_len=16, mem_len=16,
                                                  cmem_len=8, compression_rate=4))
 """
@@ -24,6 +25,7 @@ from ct_core.model import (
     generate,
     sample_next,
 )
+from ct_core.train.model_loading import load_model
 
 __version__ = "0.1.0"
 
@@ -40,5 +42,6 @@ __all__ = [
     "WriteError",
     "__version__",
     "generate",
+    "load_model",
     "sample_next",
 ]

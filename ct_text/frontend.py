@@ -176,6 +176,10 @@ class TextFrontEnd(FrontEnd):
         self._store = store
         return True
 
+    @property
+    def store_path(self) -> Path | None:
+        return None if self._store is None else self._store.path
+
     def documents(self, split: str) -> Sequence[np.ndarray]:
         check_split(split)
         if self._store is None:

@@ -7,6 +7,7 @@ import argparse
 import contextlib
 import difflib
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -31,9 +32,21 @@ class OneLineParser(argparse.ArgumentParser):
         sys.exit(2)
 
 
+def utf8_streams() -> None:
+    """Write stdout and stderr as UTF-8 when the locale says ASCII
+    (``LC_ALL=C`` with Python's UTF-8 mode off), as UTF-8 mode itself would:
+    a sample or a message holding ``é`` is then printed, not a traceback.
+    Bytes that arrived undecodable (a non-UTF-8 file name) go out as they came."""
+    for stream in (sys.stdout, sys.stderr):
+        encoding = (getattr(stream, "encoding", None) or "").lower().replace("-", "").replace("_", "")
+        if encoding in ("ascii", "ansix3.41968", "646", "usascii") and hasattr(stream, "reconfigure"):
+            stream.reconfigure(encoding="utf-8", errors="surrogateescape")
+
+
 @contextlib.contextmanager
 def user_errors(prog: str) -> Iterator[None]:
     """Print a :class:`UserError` as ``prog: error: message`` and exit 2."""
+    utf8_streams()
     try:
         yield
     except UserError as err:
@@ -50,8 +63,50 @@ def _first_line(err: Exception) -> str:
 
 
 def search_path_override(config_dir: str | None) -> list[str]:
-    """The override that adds ``--config-dir`` to the recipe search path."""
-    return [f"hydra.searchpath=[file://{Path(config_dir).resolve()}]"] if config_dir else []
+    """The override that adds ``--config-dir`` to the recipe search path; a
+    missing folder is a one-line :class:`ConfigError` (Hydra only warns)."""
+    if not config_dir:
+        return []
+    folder = Path(config_dir).expanduser()
+    if not folder.is_dir():
+        what = "a file, not a folder" if folder.exists() else "no such folder"
+        raise ConfigError(f"--config-dir {config_dir}: {what}; give the folder that holds your recipes "
+                          "(e.g. my_config with my_config/local/default.yaml)")
+    return [f"hydra.searchpath=[file://{folder.resolve()}]"]
+
+
+def yaml_error(err: Exception) -> ConfigError:
+    """A YAML syntax error of a recipe file as one line: the file, the line
+    (counted from 1, as editors do) and the parser's reason."""
+    mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+    problem = getattr(err, "problem", None) or _first_line(err)
+    where = f"{mark.name} line {mark.line + 1}" if mark is not None else "a recipe file"
+    return ConfigError(f"{where}: {problem} (not valid YAML); fix that line of the recipe")
+
+
+def unreadable_override(override: str) -> str:
+    """Hydra's lexer refused ``key=value`` on the command line: it reads an
+    unquoted value only if it is plain ASCII without brackets, parentheses,
+    commas or quotes. Say how to quote it, shell quotes around Hydra's."""
+    key, eq, value = override.partition("=")
+    if not eq:
+        return f"{override}: Hydra cannot read this override; write it as key=value"
+    inner = f'"{value}"' if "'" in value else f"'{value}'"
+    outer = "'" if "'" not in inner else '"'
+    return (f"{override}: Hydra reads a value with non-ASCII letters, parentheses or brackets only when it is "
+            f"quoted; put Hydra's quotes inside the shell's: {outer}{key}={inner}{outer}")
+
+
+def _check_encodable(override: str) -> None:
+    """Under an ASCII locale without Python's UTF-8 mode, a non-ASCII
+    argument arrives as escaped bytes that Hydra cannot write into the run's
+    recipe; say so in one line instead of Hydra's traceback."""
+    try:
+        override.encode("utf-8")
+    except UnicodeEncodeError:
+        shown = os.fsencode(override).decode("utf-8", "replace")
+        raise ConfigError(f"{shown}: non-ASCII text needs a UTF-8 locale, and this one is ASCII; run again with "
+                          "PYTHONUTF8=1 (or LC_ALL=C.UTF-8)") from None
 
 
 def recipe_choices(group: str) -> list[str]:
@@ -80,16 +135,25 @@ def compose_recipe(overrides: Sequence[str], prog: str, config_dir: str | None =
     """Compose ``config.yaml`` with command-line ``overrides`` (Hydra syntax)
     and resolve it to plain containers; any composition problem becomes a
     one-line :class:`ConfigError`. ``config_dir`` is ``--config-dir``."""
+    import yaml
     from hydra import compose, initialize_config_dir
-    from hydra.errors import HydraException
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException, OverrideParseException
     from omegaconf import OmegaConf
     from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
+    for override in overrides:
+        _check_encodable(override)
     plain = [o for o in overrides if not o.lstrip("+~").startswith("hydra")] + search_path_override(config_dir)
     try:
+        OverridesParser.create().parse_overrides(list(overrides))  # hydra.* too, which compose skips
         with initialize_config_dir(config_dir=str(recipes_dir()), version_base="1.3", job_name=prog):
             cfg = compose(config_name="config", overrides=plain)
         return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    except yaml.YAMLError as err:  # a user's recipe under --config-dir
+        raise yaml_error(err) from None
+    except OverrideParseException as err:
+        raise ConfigError(unreadable_override(err.override)) from None
     except MissingMandatoryValue as err:
         key = getattr(err, "full_key", None) or "a value"
         raise ConfigError(f"{key} is required by this recipe: add {key}=... on the command line") from None

@@ -40,6 +40,10 @@ def apply_overrides(config: dict, overrides: list[str]) -> tuple[dict, str]:
         key, _, value = item.partition("=")
         if key == "split":
             split = value
+        elif key == "data.frontend" and value != config["data"].get("frontend"):
+            raise ConfigError(f"data.frontend={value}: this model was trained on data.frontend="
+                              f"{config['data'].get('frontend')} and reads only that kind of data; evaluate a "
+                              f"{value} checkpoint instead")
         elif any(key == p or key.startswith(p) for p in EDITABLE):
             dotlist.append(item)
         else:
@@ -69,17 +73,17 @@ def check_same_data(saved: dict, current: dict) -> None:
 def run(checkpoint: Path, overrides: list[str], attention_report: bool = False) -> dict:
     import torch
 
-    from ct_core.train.checkpoint import load_checkpoint
     from ct_core.train.evaluator import evaluate
-    from ct_core.cli.run_setup import build_run, load_model, require_split
+    from ct_core.cli.run_setup import require_split
+    from ct_core.train.model_loading import build_model, build_run, read_model_file
     from ct_core.train.runtime import resolve_device
 
-    payload = load_checkpoint(checkpoint)
+    payload = read_model_file(checkpoint)
     config, split = apply_overrides(payload["config"], overrides)
     check_same_data(payload["config"]["data"], config["data"])
     cfg, frontend = build_run(config, payload["frontend"])
     device = resolve_device(cfg.trainer.device)
-    model = load_model(checkpoint, payload, cfg, frontend).to(device)
+    model = build_model(checkpoint, payload, cfg).to(device)
     frontend.prepare(progress=sys.stderr.isatty())
     docs = require_split(frontend, split, "evaluate another split (split=valid), or ")
     with torch.no_grad():
@@ -150,14 +154,16 @@ def main(argv: list[str] | None = None) -> None:
         "within documents). The last printed line is one JSON object.",
         epilog="example: ct-eval outputs/audio/demo/<time>/checkpoints/last.pt split=test",
     )
-    parser.add_argument("checkpoint", type=Path, metavar="CHECKPOINT", help="a .pt file written by ct-train")
+    parser.add_argument("checkpoint", type=Path, metavar="CHECKPOINT",
+                        help="a .pt file written by ct-train, or its ct-export .safetensors")
     # A default makes the overrides optional in the usage line and in errors.
     parser.add_argument("overrides", nargs="*", default=[], metavar="KEY=VALUE",
                         help="split=valid|test, data.KEY=VALUE, eval.KEY=VALUE, trainer.device=cpu")
     parser.add_argument("--attention-report", action="store_true",
                         help="also write attention mass by distance (cmem, memory, segment buckets) as "
                         "attention_<split>.png and .json beside the checkpoint (same as eval.attention_report=true)")
-    args = parser.parse_args(argv)
+    # Intermixed: --attention-report may come before, between or after the overrides.
+    args = parser.parse_intermixed_args(argv)
     with user_errors(PROG):
         run(args.checkpoint, args.overrides, attention_report=args.attention_report)
 

@@ -2,7 +2,10 @@
 
     ct-export outputs/audio/demo/<time>/checkpoints/last.pt demo.safetensors
 
-The resolved recipe travels in the file's metadata (key ``config``, JSON).
+The tensors are the model's ``state_dict()``; the metadata holds the
+resolved recipe, the front end's state, the step and the package version
+(:mod:`ct_core.train.export_format`), so ``ct-eval``, ``ct-sample`` and
+``ct_core.load_model`` read the export as they read the checkpoint.
 The output must be named ``*.safetensors``; an existing file is replaced
 only with ``--force``, and a checkpoint never.
 """
@@ -25,7 +28,7 @@ def export(checkpoint: Path, out: Path, force: bool) -> Path:
 
     if out.suffix.lower() != SUFFIX:
         raise ConfigError(f"OUT={out}: the export is a safetensors file; give it the {SUFFIX} suffix "
-                          f"(ct-eval and ct-sample read the .pt checkpoint itself)")
+                          f"(ct-eval and ct-sample read the .pt checkpoint as well as its export)")
     check_output_file(out, "OUT", replace=force, keep=[checkpoint])
     # Atomic: a failed write is one line (file, reason) and leaves OUT as it was.
     return export_safetensors(checkpoint, out)
@@ -34,7 +37,8 @@ def export(checkpoint: Path, out: Path, force: bool) -> Path:
 def main(argv: list[str] | None = None) -> None:
     parser = OneLineParser(
         prog=PROG,
-        description="Write the model weights of a ct-train checkpoint as a .safetensors file.",
+        description="Write the model of a ct-train checkpoint as a .safetensors file: its weights, with the "
+        "recipe and front-end state that rebuild it (ct-eval, ct-sample and ct_core.load_model read it).",
         epilog="example: ct-export runs/demo/checkpoints/last.pt demo.safetensors",
     )
     parser.add_argument("checkpoint", type=Path, metavar="CHECKPOINT", help="a .pt file written by ct-train")

@@ -17,7 +17,8 @@ HELP = """usage: ct-prepare [experiment=NAME] [data.KEY=VALUE ...]
 
 Prepare and cache the data of a recipe: read the corpus, tokenize it into
 shards on disk and write a manifest. A second run with the same corpus and
-settings is a cache hit.
+settings is a cache hit. The last line says where the prepared data is
+(under data.cache_dir).
 
 examples:
   ct-prepare                                              # the bundled speech demo
@@ -42,6 +43,8 @@ def main(argv: list[str] | None = None) -> None:
             docs = frontend.documents(split)
             print(f"{split:>6}: {len(docs):,} documents, {sum(len(d) for d in docs):,} tokens")
         print(f"vocabulary: {frontend.vocab_size}")
+        where = frontend.store_path
+        print(f"prepared data: {where}" if where is not None else "prepared data: none on disk (made in memory)")
 
 
 if __name__ == "__main__":

@@ -6,22 +6,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from ct_core.errors import CheckpointError, ConfigError, DataError
-from ct_core.data.frontend import FrontEnd, build_frontend, changed_data_options, option_value
-from ct_core.train.run_config import RunConfig
+from ct_core.errors import CheckpointError, DataError
+from ct_core.data.frontend import FrontEnd, changed_data_options, option_value
+from ct_core.train.model_loading import build_run
+
+__all__ = ["MODEL_SECTIONS", "build_run", "check_compatible", "require_split"]
 
 #: Sections whose values decide the model's shape; a checkpoint must agree.
 MODEL_SECTIONS = ("model", "memory", "compression")
-
-
-def build_run(raw: Mapping[str, Any], frontend_state: Mapping[str, Any] | None = None) -> tuple[RunConfig, FrontEnd]:
-    """Validate the recipe and build its front end (no data is read: the
-    front end knows its vocabulary size from its options or ``frontend_state``)."""
-    data = raw.get("data")
-    if not isinstance(data, dict):
-        raise ConfigError("data is missing: pick a data recipe, e.g. data=audio_demo")
-    frontend = build_frontend(data, state=frontend_state)
-    return RunConfig.from_dict(raw, vocab_size=frontend.vocab_size), frontend
 
 
 def check_compatible(path: Path, saved: Mapping[str, Any], current: Mapping[str, Any]) -> None:
@@ -43,19 +35,6 @@ def check_compatible(path: Path, saved: Mapping[str, Any], current: Mapping[str,
             f"{path}: data.{name} changed {option_value(before)} → {option_value(after)} since the checkpoint "
             f"was written; resume with data.{name}={option_value(before)} or start a new run"
         )
-
-
-def load_model(path: Path, payload: Mapping[str, Any], cfg: RunConfig, frontend: FrontEnd):
-    """The checkpoint's model, with a one-line error when the weights do not fit."""
-    from ct_core.model.lm import CompressiveTransformerLM
-
-    model = CompressiveTransformerLM(cfg.model)
-    try:
-        model.load_state_dict(payload["model"])
-    except RuntimeError as err:
-        first = str(err).strip().splitlines()[0]
-        raise CheckpointError(f"{path}: weights do not match the checkpoint's config ({first})") from None
-    return model.eval()
 
 
 def require_split(frontend: FrontEnd, split: str, alternative: str) -> Sequence[Any]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import os
 import sys
 import time
 import types
@@ -31,6 +32,8 @@ PROG = "ct-sample"
 #: Most tokens one call generates per stream: a larger request is a typo
 #: that would run for days (front ends state their own limits too).
 MAX_NEW_TOKENS = 10_000_000
+#: Names of the files ct-sample reads: checkpoints and exports.
+MODEL_SUFFIXES = (".pt", ".pth", ".ckpt", ".safetensors")
 
 
 def common_parser(add_help: bool) -> argparse.ArgumentParser:
@@ -43,7 +46,7 @@ def common_parser(add_help: bool) -> argparse.ArgumentParser:
         "  ct-sample runs/text/checkpoints/last.pt --prompt 'The war' --tokens 400",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("checkpoint", type=Path, help="a .pt file written by ct-train")
+    parser.add_argument("checkpoint", type=Path, help="a .pt file written by ct-train, or its ct-export .safetensors")
     parser.add_argument("--out", type=Path, default=None,
                         help="output file (one stream) or folder (several streams; x.txt becomes folder x). "
                         "Default: a new samples/sample_<date>-<time> file (one stream) or folder in the "
@@ -55,9 +58,16 @@ def common_parser(add_help: bool) -> argparse.ArgumentParser:
     parser.add_argument("--temperature", type=float, default=1.0, help=">= 0; 0 is greedy")
     parser.add_argument("--top-k", type=int, default=None, help="sample among the k most likely (1: greedy)")
     parser.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass, e.g. 0.95")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="an integer in [0, 2^32), like trainer.seed")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     return parser
+
+
+def _value_type(kind: Any) -> Any:
+    """``str`` for ``str | None``: the type an option's value is read as."""
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):
+        (kind,) = [a for a in typing.get_args(kind) if a is not type(None)]
+    return kind
 
 
 def add_request_arguments(parser: argparse.ArgumentParser, request_cls: type) -> None:
@@ -65,16 +75,34 @@ def add_request_arguments(parser: argparse.ArgumentParser, request_cls: type) ->
     hints = typing.get_type_hints(request_cls)
     group = parser.add_argument_group(f"{request_cls.__doc__.strip().splitlines()[0].rstrip('.')}")
     for f in dataclasses.fields(request_cls):
-        kind = hints[f.name]
-        if typing.get_origin(kind) in (typing.Union, types.UnionType):
-            (kind,) = [a for a in typing.get_args(kind) if a is not type(None)]
+        kind = _value_type(hints[f.name])
         group.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=kind, default=f.default,
                            help=f.metadata.get("help"), metavar=f.metadata.get("metavar"))
 
 
+def command_line_text(value: Any, option: str) -> Any:
+    """A text option as the user typed it. Under an ASCII locale without
+    Python's UTF-8 mode, non-ASCII arguments arrive as escaped bytes; they
+    are decoded as UTF-8, which is what a terminal sends."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return os.fsencode(value).decode("utf-8")
+    except UnicodeError:
+        raise ConfigError(f"{option}: not valid UTF-8 text; give the text in UTF-8 (or use a file)") from None
+
+
 def request_from_args(request_cls: type, args: argparse.Namespace) -> Any:
     """The front end's SampleRequest from parsed arguments, validated."""
-    request = request_cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(request_cls)})
+    hints = typing.get_type_hints(request_cls)
+    values = {}
+    for f in dataclasses.fields(request_cls):
+        value = getattr(args, f.name)
+        # A FILE keeps the bytes it came as, which is how the file system names it.
+        if _value_type(hints[f.name]) is str and f.metadata.get("metavar") != "FILE":
+            value = command_line_text(value, "--" + f.name.replace("_", "-"))
+        values[f.name] = value
+    request = request_cls(**values)
     request.validate()
     return request
 
@@ -90,6 +118,46 @@ def check_options(args: argparse.Namespace) -> None:
         raise ConfigError(f"--top-p {args.top_p}: must lie in (0, 1]")
     if args.top_k is not None and args.top_k < 1:
         raise ConfigError(f"--top-k {args.top_k}: must be at least 1")
+    if not 0 <= args.seed < 2**32:  # the range trainer.seed allows
+        raise ConfigError(f"--seed {args.seed}: must be an integer in [0, 2^32)")
+
+
+def find_checkpoint(argv: list[str]) -> Path:
+    """The CHECKPOINT argument, before the front end's options are known:
+    argparse takes the value of an option it does not know yet (``--seconds
+    0.01``) for the positional, so the first argument naming an existing file
+    wins, else the first one named like a checkpoint or export, else the first."""
+    first, unknown = common_parser(add_help=False).parse_known_args(argv)
+    candidates = [first.checkpoint] + [Path(a) for a in unknown if not a.startswith("-")]
+    for test in (Path.is_file, lambda p: p.suffix.lower() in MODEL_SUFFIXES):
+        found = next((p for p in candidates if test(p)), None)
+        if found is not None:
+            return found
+    return first.checkpoint
+
+
+def check_out_path(out: Path, given: bool) -> None:
+    """An ``--out`` that exists but is neither a file nor a folder (a device
+    such as /dev/null, a pipe) is refused: samples are files."""
+    if given and out.exists() and not (out.is_file() or out.is_dir()):
+        raise ConfigError(f"--out {out} is not a regular file or folder (a device or pipe); "
+                          "name a file or folder to write the samples to")
+
+
+def check_targets(files: list[Path], checkpoint: Path, given: bool, force: bool) -> None:
+    """Every sample file (spectrograms beside WAVs included) can be written,
+    an existing one only with ``--force``; without ``--out`` the error says
+    that the default place failed and how to choose another."""
+    try:
+        for path in files:
+            check_output_file(path, "--out", replace=force, keep=[checkpoint])
+    except ConfigError as err:
+        if given:
+            raise
+        reason = str(err).split(": ", 1)[-1]
+        folder = files[0].parent
+        raise ConfigError(f"no --out given, and the default place {folder} cannot take the sample ({reason}); "
+                          "give --out FILE") from None
 
 
 def check_stream_memory(cfg, weights: dict, batch: int, prompt_len: int, n_new: int, device) -> None:
@@ -116,14 +184,12 @@ def run(argv: list[str]) -> list[Path]:
     import numpy as np
     import torch
 
-    from ct_core.train.checkpoint import load_checkpoint
     from ct_core.data.frontend import frontend_class
-    from ct_core.cli.run_setup import build_run, load_model
+    from ct_core.train.model_loading import build_model, build_run, read_model_file
     from ct_core.model.sampling import generate
     from ct_core.train.runtime import autocast_context, resolve_device
 
-    first, _ = common_parser(add_help=False).parse_known_args(argv)
-    payload = load_checkpoint(first.checkpoint)
+    payload = read_model_file(find_checkpoint(argv))
     parser = common_parser(add_help=True)
     request_cls = frontend_class(payload["config"]["data"]["frontend"]).SampleRequest
     add_request_arguments(parser, request_cls)
@@ -139,14 +205,16 @@ def run(argv: list[str]) -> list[Path]:
     prompt = np.asarray(frontend.encode_prompt(request), dtype=np.int64)
     check_stream_memory(cfg, payload["model"], args.batch, prompt.size, n_new, device)
     # The destination is checked before any sampling, so a bad --out costs nothing.
-    out = args.out if args.out is not None else default_sample_out(args.checkpoint)
-    if args.out is None and args.batch == 1:
+    given = args.out is not None
+    out = args.out if given else default_sample_out(args.checkpoint)
+    check_out_path(out, given)
+    if not given and args.batch == 1:
         out = out.with_suffix(frontend.sample_suffix)
     targets = frontend.sample_paths(out, args.batch)
-    for target in targets:
-        for path in [target, *(target.with_suffix(s) for s in frontend.companion_suffixes)]:
-            check_output_file(path, "--out", replace=args.force, keep=[args.checkpoint])
-    model = load_model(args.checkpoint, payload, cfg, frontend).to(device)
+    files = [path for target in targets
+             for path in (target, *(target.with_suffix(s) for s in frontend.companion_suffixes))]
+    check_targets(files, args.checkpoint, given, args.force)
+    model = build_model(args.checkpoint, payload, cfg).to(device)
     # Without a prompt, generation starts from the front end's start token,
     # which is not part of the sample (an audio file holds exactly --seconds).
     skip = 0

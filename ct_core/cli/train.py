@@ -12,13 +12,17 @@ command line in Hydra syntax::
 
 from __future__ import annotations
 
+import logging
+import os
 import shlex
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
 
 from ct_core.cli.common import compose_recipe, json_line, recipes_dir, user_errors
 from ct_core.cli.run_dir import RUN_DIR_KEY, claim_run_dir, given_run_dir, planned_run_dir
+from ct_core.errors import UserError
 from ct_core.train.stop_requests import TrainingStopped
 
 PROG = "ct-train"
@@ -85,7 +89,30 @@ def _report(trainer, metrics: dict[str, float], run_dir: Path) -> None:
     print("\n".join(lines), flush=True)
 
 
-def _hydra_entry() -> None:
+def first_missing(path: Path) -> Path | None:
+    """The outermost folder of ``path`` that does not exist yet (what a run
+    creates there), or None when ``path`` exists."""
+    path = Path(os.path.abspath(path))
+    if path.exists():
+        return None
+    while not path.parent.exists():
+        path = path.parent
+    return path
+
+
+def remove_unused_run_dir(run_dir: Path, created: Path | None) -> None:
+    """After a run failed before its first checkpoint or logged step, remove
+    the folders it created (``.hydra/``, ``train.log``, the lock), so a
+    mistake leaves nothing behind. A folder that existed before is kept."""
+    from ct_core.cli.run_dir import holds_run, is_main_process
+
+    if created is None or not is_main_process() or holds_run(run_dir):
+        return
+    logging.shutdown()  # train.log is open in Hydra's file handler
+    shutil.rmtree(created, ignore_errors=True)
+
+
+def _hydra_entry(created: Path | None = None) -> None:
     import hydra
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import OmegaConf
@@ -97,6 +124,9 @@ def _hydra_entry() -> None:
         with user_errors(PROG):
             try:
                 train_from_config(raw, run_dir)
+            except UserError:
+                remove_unused_run_dir(run_dir, created)
+                raise
             except TrainingStopped as stopped:
                 print(f"{PROG}: {stopped}\ncontinue with: {continue_command(run_dir)}", file=sys.stderr, flush=True)
                 sys.exit(stopped.exit_code)
@@ -129,12 +159,13 @@ def split_command_line(argv: list[str]) -> tuple[list[str], str | None, bool]:
     return overrides, config_dir, other
 
 
-def check_before_hydra(overrides: list[str], config_dir: str | None) -> Path:
+def check_before_hydra(overrides: list[str], config_dir: str | None) -> tuple[Path, Path | None]:
     """Everything that can fail before Hydra writes ``.hydra/`` into the run
     directory: the recipe and every option, then the directory itself
     (writable, not in use, not an earlier run unless resumed or
     overwritten) and the checkpoint to resume (fits the recipe, belongs
-    to the directory's run). Returns the run directory."""
+    to the directory's run). Returns the run directory and its
+    :func:`first_missing` folder before the checks created it."""
     from ct_core.cli.run_setup import build_run
     from ct_core.train.attention_backend import refuse_flex_on_cpu
 
@@ -143,19 +174,21 @@ def check_before_hydra(overrides: list[str], config_dir: str | None) -> Path:
     cfg, _ = build_run(raw)
     refuse_flex_on_cpu(cfg.trainer.attention_backend, cfg.trainer.device)
     run_dir = planned_run_dir(overrides, config_dir)
+    created = first_missing(run_dir)
     claim_run_dir(run_dir, cfg)
-    return run_dir
+    return run_dir, created
 
 
 def main() -> None:
     overrides, config_dir, other_flags = split_command_line(sys.argv[1:])
+    created = None
     if not other_flags:
         with user_errors(PROG):
-            run_dir = check_before_hydra(overrides, config_dir)
+            run_dir, created = check_before_hydra(overrides, config_dir)
         if given_run_dir(overrides) is None:
             # Hydra must use the directory that was checked, not a new time stamp.
             sys.argv.append(f"{RUN_DIR_KEY}='{run_dir}'")
-    _hydra_entry()
+    _hydra_entry(created)
 
 
 if __name__ == "__main__":

@@ -104,6 +104,12 @@ class FrontEnd(abc.ABC):
         """Build (or find cached) token shards on disk. Idempotent: a second
         call with an unchanged corpus and settings is a cache hit."""
 
+    @property
+    def store_path(self) -> Path | None:
+        """The folder of the prepared data once :meth:`prepare` has run (a
+        token store in the cache), or ``None`` for data made in memory."""
+        return None
+
     @abc.abstractmethod
     def documents(self, split: str) -> Sequence[np.ndarray]:
         """Ordered documents of ``split`` (one of :data:`SPLITS`), each a 1-D

@@ -42,7 +42,6 @@ Example::
 from __future__ import annotations
 
 import importlib.metadata
-import json
 import os
 import random
 import re
@@ -236,12 +235,15 @@ class CheckpointManager:
 
 
 def export_safetensors(checkpoint_path: Path, out_path: Path) -> Path:
-    """Write the model weights of a checkpoint as safetensors, with the
-    resolved config (JSON) and versions in the file's metadata.
+    """Write the model weights of a checkpoint as safetensors, with what
+    rebuilding model and front end needs in the file's metadata
+    (:mod:`ct_core.train.export_format`).
 
     Tensors that share storage (tied embeddings) or are views are cloned,
     since safetensors stores each tensor on its own.
     """
+    from ct_core.train.export_format import export_metadata
+
     payload = load_checkpoint(checkpoint_path)
     tensors: dict[str, torch.Tensor] = {}
     seen: set[int] = set()
@@ -254,12 +256,7 @@ def export_safetensors(checkpoint_path: Path, out_path: Path) -> Path:
             value = value.clone(memory_format=torch.contiguous_format)
         seen.add(storage.data_ptr())
         tensors[name] = value
-    metadata = {
-        "format": "pt",
-        "config": json.dumps(payload["config"], default=str),
-        "step": str(payload["step"]),
-        "package_version": str(payload["package_version"]),
-    }
+    metadata = export_metadata(payload)
     out_path = Path(out_path)
     with atomic_path(out_path) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)

@@ -26,8 +26,9 @@ ZIP_MAGIC = b"PK\x03\x04"
 _UNSAFE_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
 
 
-def _is_safetensors(path: Path, size: int) -> bool:
+def is_safetensors(path: Path) -> bool:
     """A safetensors file: an 8-byte little-endian header length, then JSON."""
+    size = path.stat().st_size
     with open(path, "rb") as f:
         head = f.read(8)
         if len(head) < 8:
@@ -53,9 +54,9 @@ def foreign_format(path: Path) -> str | None:
     """Why ``path`` is a known file that is not a checkpoint, before loading
     it (``torch.load`` reads some safetensors files as plain weights), or
     None."""
-    if _is_safetensors(path, path.stat().st_size):
-        return ("it is a safetensors export (ct-export), which holds weights only; "
-                "pass the .pt checkpoint that ct-train wrote")
+    if is_safetensors(path):
+        return ("it is a safetensors export (ct-export), which holds no training state; ct-eval and "
+                "ct-sample read it, but this needs the .pt checkpoint that ct-train wrote")
     return None
 
 

@@ -45,12 +45,13 @@ from ct_core.train.checkpoint import (
 )
 from ct_core.train.attention_backend import SelfTest, choose_attention, flex_self_test
 from ct_core.train.distributed import DistContext, all_reduce_, all_reduce_sum, barrier, gather_to_main
-from ct_core.errors import CheckpointError, ConfigError, UserError
+from ct_core.errors import ConfigError, UserError
 from ct_core.train.evaluator import EvalResult, evaluate
 from ct_core.data.frontend import FrontEnd
 from ct_core.model.execution import Execution
 from ct_core.model.memory import MemoryState
 from ct_core.train.metric_logger import MetricLogger
+from ct_core.train.model_loading import mismatch_error
 from ct_core.model.lm import CompressiveTransformerLM
 from ct_core.train.optim import build_optimizer, build_scheduler
 from ct_core.train.prefetch import BatchPrefetcher
@@ -178,9 +179,8 @@ class Trainer:
             payload = load_checkpoint(path, map_location="cpu", for_resume=True, mmap=True)
         try:
             self.model.load_state_dict(payload["model"])
-        except RuntimeError as err:
-            first = str(err).strip().splitlines()[0]
-            raise CheckpointError(f"{path}: weights do not fit this recipe's model ({first})") from None
+        except RuntimeError:
+            raise mismatch_error(path, payload, self.cfg, self.model) from None
         self.optimizer.load_state_dict(payload["optimizer"])
         self.scheduler.load_state_dict(payload["scheduler"])
         self.batches.load_state_dict(payload["batcher"])

@@ -137,9 +137,10 @@ def test_corpus_without_usable_audio_is_a_data_error(tmp_path):
     root = tmp_path / "corpus"
     write(root / "quiet.wav", np.zeros(800, np.float32), 8000)
     (root / "broken.wav").write_text("no")
+    (root / "empty.wav").write_bytes(b"")
     with pytest.raises(DataError, match=str(root)) as info:
         _frontend(root, tmp_path / "cache").prepare(progress=False)
-    assert "none of its 2 audio files is usable" in str(info.value)
+    assert "none of its 3 audio files is usable" in str(info.value)
     assert _stores(tmp_path / "cache") == []  # no half-written store
 
 
@@ -150,7 +151,9 @@ def test_missing_root_and_folder_without_audio(tmp_path):
     (tmp_path / "texts" / "a.txt").write_text("hello")
     with pytest.raises(DataError, match=str(tmp_path / "texts")) as info:
         _frontend(tmp_path / "texts", tmp_path / "cache").documents("train")
-    assert "no folder audio files found" in str(info.value) and "\n" not in str(info.value)
+    assert str(info.value) == (f"data.root={tmp_path / 'texts'}: no audio files found (looked for .aif, .aifc, "
+                               ".aiff, .au, .caf, .flac, .mp3, .oga, .ogg, .opus, .rf64, .snd, .w64, .wav, .wv); "
+                               "point data.root at the folder that holds them")
 
 
 def test_max_files_caps_the_corpus(tmp_path):
