@@ -4,6 +4,7 @@ the wrong thing: each is now one line naming the right option or file
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import subprocess
@@ -11,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from ct_core.errors import CheckpointError
+from ct_core.train.model_loading import build_model, build_run, read_model_file
 from tests.audio.conftest import tone, write
 from tests.conftest import run_cli, script
 from tests.reliability.conftest import (
@@ -132,10 +135,19 @@ def test_a_folder_without_audio_reads_right(tmp_path):
 
 # ------------------------------------------------------------- ct-eval
 def test_weights_that_do_not_fit_name_the_option_and_both_values(audio_checkpoint):
+    """ct-eval refuses the data change before it loads any weights
+    (test_measured_data.py has every kind); a model built from a recipe that
+    differs still names the option and both values, never torch's message."""
     proc = run_cli("ct-eval", str(audio_checkpoint), "data.mu=127", check=False)
-    err = assert_one_line_error(proc)
-    assert err == (f"ct-eval: error: {audio_checkpoint}: data.mu differs: checkpoint 255, recipe 127 (a vocabulary "
-                   "of 256 vs 128 tokens); use the checkpoint's value (or its recipe) for this model")
+    assert assert_one_line_error(proc).startswith("ct-eval: error: data.mu changed 255 → 127: ")
+    payload = read_model_file(audio_checkpoint)
+    raw = copy.deepcopy(payload["config"])
+    raw["data"]["mu"] = 127
+    cfg, _ = build_run(raw, payload["frontend"])
+    with pytest.raises(CheckpointError) as err:
+        build_model(audio_checkpoint, payload, cfg)
+    assert str(err.value) == (f"{audio_checkpoint}: data.mu differs: checkpoint 255, recipe 127 (a vocabulary "
+                              "of 256 vs 128 tokens); use the checkpoint's value (or its recipe) for this model")
 
 
 def test_resuming_with_another_model_size_names_the_option(tmp_path, smoke_run):
@@ -143,8 +155,8 @@ def test_resuming_with_another_model_size_names_the_option(tmp_path, smoke_run):
                    f"resume={smoke_run / 'checkpoints' / 'last.pt'}", f"hydra.run.dir={tmp_path / 'run'}",
                    cwd=tmp_path, check=False)
     err = assert_one_line_error(proc)
-    assert err == (f"ct-train: error: {smoke_run / 'checkpoints' / 'last.pt'}: data.vocab_size differs: checkpoint 32, "
-                   "recipe 40 (a vocabulary of 32 vs 40 tokens); use the checkpoint's value (or its recipe) for this model")
+    assert err == (f"ct-train: error: {smoke_run / 'checkpoints' / 'last.pt'}: data.vocab_size changed 32 → 40 since "
+                   "the checkpoint was written; resume with data.vocab_size=32 or start a new run")
 
 
 def test_eval_of_an_audio_model_on_text_names_the_frontend(audio_checkpoint):
@@ -228,7 +240,7 @@ def test_non_ascii_prompts_files_and_names_work_in_an_ascii_locale(text_checkpoi
     assert (folder / "café.txt").read_bytes().startswith("Café ☕".encode())
     assert (folder / "sortie.txt").read_bytes().startswith("Ünïcödé prompt\n".encode())
     assert (folder / "été.wav").stat().st_size > 44 and (folder / "été.png").is_file()
-    assert "Café ☕".encode() in run_in_locale(env, *cases[0], cwd=tmp_path).stdout  # streamed as typed
+    assert "Café ☕".encode() in run_in_locale(env, *cases[0], "--force", cwd=tmp_path).stdout  # streamed as typed
 
 
 def test_non_ascii_overrides_without_utf8_mode_fail_in_one_line(tmp_path):
