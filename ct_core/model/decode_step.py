@@ -75,16 +75,16 @@ class StepBuffers:
     of ``[cmem; mem]`` (``P_v`` slots, a suffix of it) then the segment.
     """
 
-    k: list[Tensor]  # per layer [B, H, K_max, d] in the cache dtype
-    v: list[Tensor]  # per layer [B, H, K_max, d]
-    r_t: list[Tensor]  # per layer [H, d, K_max]: column δ is W_r R(δ), distance δ (cache dtype)
+    k: list[Tensor]  # per layer [B, H, K_max + 1, d] in the cache dtype (one slot spare)
+    v: list[Tensor]  # per layer [B, H, K_max + 1, d]
+    r_t: list[Tensor]  # per layer [H, d, K_max + 1]: column δ is W_r R(δ), distance δ (cache dtype)
     hidden: Tensor  # [L, B, seq_len, D] the segment's layer inputs (parameters' dtype)
-    usage: list[Tensor]  # per layer [B, K_max] float32 attention mass per key
-    mask: Tensor  # [B, 1, K_max] additive (cache dtype): 0 = visible, -inf = empty or future
+    usage: list[Tensor]  # per layer [B, K_max + 1] float32 attention mass per key
+    mask: Tensor  # [B, 1, K_max + 1] additive (cache dtype): 0 = visible, -inf = empty or future
     token: Tensor  # [B, 1] int64 the token of this step
     slot: Tensor  # [1] int64 its key index
     row: Tensor  # [1] int64 its position in the segment
-    key_index: Tensor  # [K_max] int64 0 .. K_max - 1
+    key_index: Tensor  # [K_max + 1] int64 0 .. K_max
     noise: Tensor | None = None  # [B, V] float32 Exp(1) draws for the next token
 
 
@@ -110,7 +110,7 @@ def one_query_attention(attn: RelativeMultiHeadAttention, q: Tensor, k: Tensor, 
     probs = scores.float().softmax(dim=-1).to(v.dtype)
     usage = probs.float().view(b, n_heads, n_keys).sum(dim=1) if want_usage else None  # [B, K_b]
     out = torch.bmm(probs, v.reshape(b * n_heads, n_keys, d))  # [B·H, 1, d]
-    return attn.w_o(out.view(b, 1, n_heads * d)), usage
+    return attn.w_o(out.view(b, 1, n_heads * d).to(q.dtype)), usage
 
 
 class FixedStep:
@@ -146,6 +146,8 @@ class FixedStep:
         return "graph" if self.cuda else "compiled" if self._compiled is not None else "eager"
 
     def _fall_back(self, err: BaseException) -> None:
+        # A backend's own error, not the compiler's wrapper around it.
+        err = getattr(err, "inner_exception", None) or err
         lines = str(err).strip().splitlines()
         self.fallback = f"{type(err).__name__}: {lines[0] if lines else ''}"[:300]
         self._compiled = None

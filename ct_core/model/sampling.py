@@ -88,21 +88,24 @@ class IncrementalDecoder:
         with torch.no_grad(), self._autocast():
             # Projected encodings of every distance, computed once.
             self.r = [blk.attn.project_positions(pos).to(self.kv_dtype) for blk in model.blocks]  # [K_max, H, d]
-        shape = (batch_size, cfg.n_heads, self.n_keys, cfg.head_dim)
+        # One slot more than the largest bucket: every bucket is then a
+        # strict prefix of the buffers, and one compiled step serves all.
+        room = self.n_keys + 1
+        shape = (batch_size, cfg.n_heads, room, cfg.head_dim)
         self.buf = StepBuffers(
             k=[torch.zeros(shape, device=device, dtype=self.kv_dtype) for _ in model.blocks],
             v=[torch.zeros(shape, device=device, dtype=self.kv_dtype) for _ in model.blocks],
             # Ascending distance, heads first: the step's GEMM reads a prefix.
-            r_t=[r.flip(0).permute(1, 2, 0).contiguous() for r in self.r],
+            r_t=[torch.nn.functional.pad(r.flip(0).permute(1, 2, 0), (0, 1)).contiguous() for r in self.r],
             hidden=torch.zeros(cfg.n_layers, batch_size, cfg.seq_len, cfg.d_model, device=device, dtype=param_dtype),
-            usage=[torch.zeros(batch_size, self.n_keys, device=device) for _ in model.blocks],
-            mask=torch.zeros(batch_size, 1, self.n_keys, device=device, dtype=self.kv_dtype),
+            usage=[torch.zeros(batch_size, room, device=device) for _ in model.blocks],
+            mask=torch.zeros(batch_size, 1, room, device=device, dtype=self.kv_dtype),
             token=torch.zeros(batch_size, 1, dtype=torch.long, device=device),
             slot=torch.zeros(1, dtype=torch.long, device=device),
             row=torch.zeros(1, dtype=torch.long, device=device),
-            key_index=torch.arange(self.n_keys, device=device),
+            key_index=torch.arange(room, device=device),
         )
-        self.key_valid = torch.zeros(batch_size, self.n_keys, dtype=torch.bool, device=device)  # [B, K_max]
+        self.key_valid = torch.zeros(batch_size, room, dtype=torch.bool, device=device)  # [B, K_max + 1]
         self.pos = 0
         self.kept = 0  # P_v: memory slots in the cache this segment (the filled suffix of [cmem; mem])
         self.fixed_shape = True if fixed_shape is None else fixed_shape
@@ -144,9 +147,10 @@ class IncrementalDecoder:
         buf.mask[:, 0, :kept].masked_fill_(valid[:, first:], 0.0)
 
     @torch.inference_mode()
-    def _step(self, tokens: Tensor, want_logits: bool) -> Tensor:
-        """tokens ``[B, n]`` fitting in the current segment -> logits ``[B,
-        n, V]`` (``want_logits``) or the last token's ``[B, 1, V]``."""
+    def _step(self, tokens: Tensor, logits_of: str = "all") -> Tensor | None:
+        """tokens ``[B, n]`` fitting in the current segment -> logits of
+        ``all`` of them ``[B, n, V]``, of the ``last`` ``[B, 1, V]``, or
+        ``none``."""
         n, s, p, buf = tokens.shape[1], self.pos, self.kept, self.buf
         if n == 1 and self.fixed_shape:
             logits, _ = self._fixed_step(tokens, None)
@@ -163,7 +167,9 @@ class IncrementalDecoder:
                     buf.usage[layer][:, :keys] += u
             # Only what is asked for reaches the output layer (an adaptive
             # softmax would build [B, n, V] log-probabilities).
-            logits = self.model.token_logits(self.model.norm_out(h if want_logits else h[:, -1:]))
+            logits = None
+            if logits_of != "none":
+                logits = self.model.token_logits(self.model.norm_out(h if logits_of == "all" else h[:, -1:]))
         buf.mask[:, :, p + s : keys] = 0.0  # the fixed-shape step sees these tokens
         self.pos += n
         return logits
@@ -211,27 +217,29 @@ class IncrementalDecoder:
         outs, i, n = [], 0, tokens.shape[1]
         while i < n:
             take = min(n - i, self.seq_len - self.pos)
-            last = i + take == n
-            logits = self._step(tokens[:, i : i + take], want_logits=not last_only)
-            if not last_only or last:
-                outs.append(logits if not last_only else logits[:, -1:])
+            logits_of = "all" if not last_only else "last" if i + take == n else "none"
+            logits = self._step(tokens[:, i : i + take], logits_of)
+            if logits is not None:
+                outs.append(logits[:, -1:] if last_only else logits)
             i += take
             if self.pos == self.seq_len:
                 self._roll()
         return torch.cat(outs, dim=1)
 
     @torch.inference_mode()
-    def step(self, tokens: Tensor, options: SamplingOptions, generator: torch.Generator | None = None) -> Tensor:
-        """Consume one token per row ``[B]``; return the next one drawn ``[B]``,
-        with the noise :func:`sample_next` would draw from ``generator``."""
+    def step(self, tokens: Tensor, options: SamplingOptions, generator: torch.Generator | None = None,
+             return_logits: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        """Consume one token per row ``[B]``; return the next one drawn ``[B]``
+        (with ``return_logits``: the logits ``[B, V]`` it was drawn from, and
+        it), with the noise :func:`sample_next` would draw from ``generator``."""
         if self.fixed_shape:
-            _, nxt = self._fixed_step(tokens[:, None], options, generator)
+            logits, nxt = self._fixed_step(tokens[:, None], options, generator)
         else:
-            logits = self._step(tokens[:, None], want_logits=True)[:, -1]
+            logits = self._step(tokens[:, None])[:, -1]
             nxt = sample_next(logits, **options.kwargs(), generator=generator)
         if self.pos == self.seq_len:
             self._roll()
-        return nxt
+        return (logits, nxt) if return_logits else nxt
 
 
 def worth_compiling(device: torch.device, max_new_tokens: int) -> bool:
