@@ -56,6 +56,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast while sampling (CUDA only), as ct-sample runs")
+    p.add_argument("--compile", choices=("on", "off", "auto"), default="on",
+                   help="compile our CPU decoding step with inductor (compiled in the warm-up, before any timing); "
+                   "auto: as ct-sample decides by the request's size")
+    p.add_argument("--kv-dtype", choices=("auto", "bf16"), default="auto",
+                   help="our key/value cache dtype (bf16: opt-in, changes the numbers slightly)")
     p.add_argument("--tf32", action="store_true", help="TF32 tensor cores for fp32 matmuls (CUDA only)")
     p.add_argument("--max-wait", type=float, default=20.0,
                    help="seconds each timed call may wait for other jobs to go quiet (0: never wait)")
@@ -63,6 +68,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="1 round, 256 text tokens, 64 speech samples")
     p.add_argument("--no-write", action="store_true")
     args = p.parse_args(argv)
+    args.compile_step = {"on": True, "off": False, "auto": None}[args.compile]
+    args.kv = torch.bfloat16 if args.kv_dtype == "bf16" else None
     if args.quick:
         args.rounds, args.tokens, args.speech_tokens, args.reference_positions = 1, 256, 64, 4
     if args.bf16 and not args.device.startswith("cuda"):
@@ -83,7 +90,7 @@ def recompute_last_logits(model, tokens: torch.Tensor) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def per_position_pass(model, seq: torch.Tensor, prompt: int, check: set[int], max_wait: float,
+def per_position_pass(model, seq: torch.Tensor, prompt: int, check: set[int], max_wait: float, args: argparse.Namespace,
                       chunk: int = 32) -> tuple[list, dict[int, torch.Tensor]]:
     """Feed ``seq`` ``[1, n]`` one token at a time after the prompt, in
     chunks that each start in a quiet spell.
@@ -93,9 +100,13 @@ def per_position_pass(model, seq: torch.Tensor, prompt: int, check: set[int], ma
     """
     from ct_core.model.sampling import IncrementalDecoder
 
-    dec = IncrementalDecoder(model, 1)
+    dec = IncrementalDecoder(model, 1, compile_backend="inductor" if args.compile_step else None, kv_dtype=args.kv)
     dec.feed(seq[:, :prompt])
     records, logits = [], {}
+    warm = dec.feed(seq[:, prompt : prompt + 1])  # compiles the step (when asked) before any timing
+    if prompt in check:
+        logits[prompt] = warm[0, -1].clone()
+    prompt += 1
     device = seq.device
     for first in range(prompt, seq.shape[1], chunk):
         wait_for_quiet(max_wait)
@@ -132,6 +143,9 @@ def text_section(args: argparse.Namespace, device: torch.device) -> tuple[list[s
     shape = get_shape(args.shape).replace(batch_size=1)
     print(f"[sampling] text, {shape.describe()}")
     contenders, skipped = build_available(TEXT_CONTENDERS, shape, device)
+    for c in contenders:
+        if c.name == "ours":
+            c.decoding = {"compile": args.compile_step, "kv_dtype": args.kv}
     gen = torch.Generator().manual_seed(0)
     prompt = torch.randint(0, shape.vocab_size, (1, args.prompt), generator=gen).to(device)
     outputs: dict[str, torch.Tensor] = {}
@@ -158,7 +172,7 @@ def text_section(args: argparse.Namespace, device: torch.device) -> tuple[list[s
     n = seq.shape[1]
     check = {int(x) for x in torch.linspace(args.prompt, n - 1, args.reference_positions).round().tolist()}
     bandwidth = [measure_copy_bandwidth(device, max_wait=args.max_wait)]
-    records, cached = per_position_pass(ours, seq, args.prompt, check, args.max_wait)
+    records, cached = per_position_pass(ours, seq, args.prompt, check, args.max_wait, args)
     bandwidth.append(measure_copy_bandwidth(device, max_wait=args.max_wait))
     ref_times, ref_others, max_diff = [], [], 0.0
     for i in sorted(check):
@@ -278,8 +292,9 @@ def audio_section(args: argparse.Namespace, device: torch.device) -> tuple[list[
                 continue
             print(f"[sampling] audio {name} batch {batch}")
             start = torch.full((batch, 1), 128, dtype=torch.long, device=device)  # μ-law code of silence
-            generate(model, start, 4)  # warm-up
-            calls = interleaved_windows({"generate": lambda: generate(model, start, n_new)},
+            decoding = {"compile": args.compile_step, "kv_dtype": args.kv}
+            generate(model, start, 4, **decoding)  # warm-up: compiles the step when asked
+            calls = interleaved_windows({"generate": lambda: generate(model, start, n_new, **decoding)},
                                         args.rounds if name == "demo" else 1, 1, device, args.max_wait)["generate"]
             seconds = median([w.seconds for w in calls if w.quiet] or [w.seconds for w in calls])
             # Segment start (memory keys/values of every layer) measured apart, so a

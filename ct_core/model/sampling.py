@@ -44,7 +44,7 @@ from ct_core.model.lm import CompressiveTransformerLM
 #: ``generate`` compiles the CPU step when asked for at least this many new
 #: tokens per stream (compilation takes tens of seconds on a few cores; a
 #: short request finishes sooner eagerly).
-COMPILE_MIN_TOKENS = 4096
+COMPILE_MIN_TOKENS = 8192
 
 
 class IncrementalDecoder:
