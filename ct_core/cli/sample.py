@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import signal
 import sys
 import time
 import types
@@ -96,6 +97,30 @@ def check_options(args: argparse.Namespace) -> None:
         raise ConfigError(f"--top-k {args.top_k}: must be at least 1")
 
 
+class CtrlC:
+    """While active, Ctrl-C sets ``asked`` and sampling stops after the
+    token being drawn (checked between tokens, in plain Python); a second
+    Ctrl-C raises ``KeyboardInterrupt`` at once. An interrupt raised
+    asynchronously could land inside the compiler's machinery of a compiled
+    step, which does not always let it through."""
+
+    def __init__(self) -> None:
+        self.asked = False
+        self._previous = None
+
+    def _handle(self, signum, frame) -> None:
+        if self.asked:
+            raise KeyboardInterrupt
+        self.asked = True
+
+    def __enter__(self) -> "CtrlC":
+        self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        signal.signal(signal.SIGINT, self._previous)
+
+
 def run(argv: list[str]) -> list[Path]:
     import numpy as np
     import torch
@@ -141,12 +166,15 @@ def run(argv: list[str]) -> list[Path]:
     # Text streams to the terminal as it is drawn; audio shows a progress bar.
     stream = args.batch == 1 and frontend.stream_text(np.zeros(0, dtype=np.int64)) is not None
     drawn: list[torch.Tensor] = []  # new token columns [B], kept if sampling is interrupted
+    ctrl_c = CtrlC()
 
     def take(column: torch.Tensor) -> None:
         drawn.append(column)
         if stream:
             sys.stdout.write(frontend.stream_text(column.cpu().numpy()) or "")
             sys.stdout.flush()
+        if ctrl_c.asked:
+            raise KeyboardInterrupt
 
     if stream:
         sys.stdout.write(frontend.stream_text(prompt) or "")
@@ -157,7 +185,7 @@ def run(argv: list[str]) -> list[Path]:
     start = time.perf_counter()
     interrupted = False
     try:
-        with autocast_context(device, cfg.trainer.precision):
+        with ctrl_c, autocast_context(device, cfg.trainer.precision):
             generate(model, prompt_t, n_new, temperature=args.temperature, top_k=args.top_k,
                      top_p=args.top_p, generator=generator, memory=memory, callback=take, progress=not stream,
                      compile=compile_step, kv_dtype=kv_dtype, notify=lambda line: print(f"{PROG}: {line}",
