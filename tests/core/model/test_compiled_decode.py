@@ -70,7 +70,8 @@ def test_seeded_sampling_draws_what_sample_next_draws_on_the_training_logits():
     logits, token after token, compiled or not."""
     model = make("conv", "attention")
     options = SamplingOptions(temperature=1.3, top_k=20)
-    prompt = torch.randint(0, 30, (3, PROMPT), generator=torch.Generator().manual_seed(4))
+    # The batch of the other cases: the compiled step is reused, not recompiled.
+    prompt = torch.randint(0, 30, (2, PROMPT), generator=torch.Generator().manual_seed(4))
     runs = [decode(model, prompt, options, backend, torch.Generator().manual_seed(seed))[0]
             for backend, seed in (("inductor", 7), ("inductor", 7), (None, 7), ("inductor", 8))]
     assert torch.equal(runs[0], runs[1]) and torch.equal(runs[0], runs[2])
