@@ -37,6 +37,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
 from bench.shapes import SHAPES, Shape, get_shape
+from ct_core.model.decode_step import bucket_for, key_buckets
 
 
 @dataclass(frozen=True)
@@ -114,19 +115,24 @@ def train_flops(shape: Shape, batch_size: int | None = None) -> FlopCount:
 
 def decode_flops(shape: Shape, batch_size: int = 1, fixed_shape: bool = False) -> FlopCount:
     """Executed FLOPs of sampling one segment of ``seq_len`` tokens, one
-    token per step, at ``batch_size`` rows: the steps (token ``s`` attends
-    ``C + M + s + 1`` keys; ``fixed_shape``: always ``C + M + seq_len``, as
-    the fixed-shape step does), plus what every segment costs once: the
-    memories' keys and values projected for the next segment and the
-    compression. Not counted: the one-off projection of the positions when
-    the decoder is built, and the prompt."""
+    token per step, at ``batch_size`` rows, with full memories: the steps
+    (token ``s`` attends ``C + M + s + 1`` keys; ``fixed_shape``: the
+    smallest key-length bucket holding them, as the fixed-shape step does),
+    plus what every segment costs once: the memories' keys and values
+    projected for the next segment and the compression. Not counted: the
+    one-off projection of the positions when the decoder is built, and the
+    prompt."""
     b, n_layers, d, f, v = batch_size, shape.n_layers, shape.d_model, shape.d_ff, shape.vocab_size
     t, prefix = shape.seq_len, shape.cmem_len + shape.mem_len
-    keys = [shape.n_keys if fixed_shape else prefix + s + 1 for s in range(t)]
+    buckets = key_buckets(shape.n_keys)
+    keys = [bucket_for(prefix + s + 1, buckets) if fixed_shape else prefix + s + 1 for s in range(t)]
+    # A lone query: position scores (the variable-shape path against [0; R],
+    # one column more; the fixed-shape step against distances 0 .. K_b - 1),
+    # content, A·V.
+    extra = 0 if fixed_shape else 1
     parts = {
         "projections": n_layers * t * (2 * b * d * d + 2 * b * d * 2 * d),
-        # A lone query: position scores against [0; R] (one column more), content, A·V.
-        "attention": n_layers * sum(2 * b * d * (n + 1) + 2 * b * d * n + 2 * b * n * d for n in keys),
+        "attention": n_layers * sum(2 * b * d * (n + extra) + 2 * b * d * n + 2 * b * n * d for n in keys),
         "output_and_ff": n_layers * t * (2 * b * d * d + 2 * 2 * b * d * f),
         "head": t * 2 * b * d * v,
         "memory_kv": n_layers * 2 * b * prefix * d * 2 * d,

@@ -91,6 +91,8 @@ class Ours(Contender):
 
         super().__init__(CompressiveTransformerLM(shape.model_config()).to(device))
         self.memory = None
+        # generate's decoding options (compile, kv_dtype); bench.sampling_speed sets them.
+        self.decoding: dict = {}
 
     def reset(self) -> None:
         self.memory = None
@@ -103,7 +105,7 @@ class Ours(Contender):
     def generate(self, prompt: Tensor, n_new: int) -> Tensor:
         from ct_core.model.sampling import generate
 
-        return generate(self.model, prompt, n_new, top_k=TOP_K)
+        return generate(self.model, prompt, n_new, top_k=TOP_K, **self.decoding)
 
     def optimizer(self) -> torch.optim.Optimizer:
         from ct_core.train.optim import build_optimizer

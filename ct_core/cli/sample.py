@@ -17,6 +17,7 @@ import argparse
 import dataclasses
 import math
 import os
+import signal
 import sys
 import time
 import types
@@ -34,6 +35,9 @@ PROG = "ct-sample"
 MAX_NEW_TOKENS = 10_000_000
 #: Names of the files ct-sample reads: checkpoints and exports.
 MODEL_SUFFIXES = (".pt", ".pth", ".ckpt", ".safetensors")
+COMPILE_CHOICES = ("auto", "on", "off")
+#: --kv-dtype choices -> torch dtype names (auto: the decoder's compute dtype).
+KV_DTYPES = {"auto": None, "bf16": "bfloat16"}
 
 
 def common_parser(add_help: bool) -> argparse.ArgumentParser:
@@ -60,6 +64,12 @@ def common_parser(add_help: bool) -> argparse.ArgumentParser:
     parser.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass, e.g. 0.95")
     parser.add_argument("--seed", type=int, default=0, help="an integer in [0, 2^32), like trainer.seed")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    parser.add_argument("--compile", choices=COMPILE_CHOICES, default="auto",
+                        help="compile the CPU decoding step with inductor (tens of seconds, then faster tokens); "
+                        "auto: for requests of at least 8192 tokens per stream. CUDA replays graphs instead")
+    parser.add_argument("--kv-dtype", choices=tuple(KV_DTYPES), default="auto",
+                        help="key/value cache dtype while sampling; auto: the model's compute dtype. bf16 halves "
+                        "the cache and changes the numbers slightly (opt-in)")
     return parser
 
 
@@ -180,13 +190,37 @@ def check_stream_memory(cfg, weights: dict, batch: int, prompt_len: int, n_new: 
     check_fits(need, weight_bytes, available_bytes(device), str(device), batch, "--batch")
 
 
+class CtrlC:
+    """While active, Ctrl-C sets ``asked`` and sampling stops after the
+    token being drawn (checked between tokens, in plain Python); a second
+    Ctrl-C raises ``KeyboardInterrupt`` at once. An interrupt raised
+    asynchronously could land inside the compiler's machinery of a compiled
+    step, which does not always let it through."""
+
+    def __init__(self) -> None:
+        self.asked = False
+        self._previous = None
+
+    def _handle(self, signum, frame) -> None:
+        if self.asked:
+            raise KeyboardInterrupt
+        self.asked = True
+
+    def __enter__(self) -> "CtrlC":
+        self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        signal.signal(signal.SIGINT, self._previous)
+
+
 def run(argv: list[str]) -> list[Path]:
     import numpy as np
     import torch
 
     from ct_core.data.frontend import frontend_class
     from ct_core.train.model_loading import build_model, build_run, read_model_file
-    from ct_core.model.sampling import generate
+    from ct_core.model.sampling import generate, worth_compiling
     from ct_core.train.runtime import autocast_context, resolve_device
 
     payload = read_model_file(find_checkpoint(argv))
@@ -227,21 +261,30 @@ def run(argv: list[str]) -> list[Path]:
     # Text streams to the terminal as it is drawn; audio shows a progress bar.
     stream = args.batch == 1 and frontend.stream_text(np.zeros(0, dtype=np.int64)) is not None
     drawn: list[torch.Tensor] = []  # new token columns [B], kept if sampling is interrupted
+    ctrl_c = CtrlC()
 
     def take(column: torch.Tensor) -> None:
         drawn.append(column)
         if stream:
             sys.stdout.write(frontend.stream_text(column.cpu().numpy()) or "")
             sys.stdout.flush()
+        if ctrl_c.asked:
+            raise KeyboardInterrupt
 
     if stream:
         sys.stdout.write(frontend.stream_text(prompt) or "")
+    compile_step = {"auto": None, "on": True, "off": False}[args.compile]
+    if device.type == "cpu" and (compile_step or (compile_step is None and worth_compiling(device, n_new))):
+        print(f"{PROG}: compiling the decoding step first (--compile off skips it)", file=sys.stderr)
+    kv_dtype = getattr(torch, KV_DTYPES[args.kv_dtype]) if KV_DTYPES[args.kv_dtype] else None
     start = time.perf_counter()
     interrupted = False
     try:
-        with autocast_context(device, cfg.trainer.precision):
+        with ctrl_c, autocast_context(device, cfg.trainer.precision):
             generate(model, prompt_t, n_new, temperature=args.temperature, top_k=args.top_k,
-                     top_p=args.top_p, generator=generator, memory=memory, callback=take, progress=not stream)
+                     top_p=args.top_p, generator=generator, memory=memory, callback=take, progress=not stream,
+                     compile=compile_step, kv_dtype=kv_dtype, notify=lambda line: print(f"{PROG}: {line}",
+                                                                                          file=sys.stderr))
     except KeyboardInterrupt:
         interrupted = True
     seconds = time.perf_counter() - start

@@ -204,7 +204,8 @@ class RelativeMultiHeadAttention(nn.Module):
             out = self._flex(qu, k, v, bd, mask)
             return self.w_o(out.transpose(1, 2).reshape(b, t, -1)), None
         out, usage = self._dense(q, k, v, mask, r, want_usage)  # [B, H, T, d]
-        return self.w_o(out.transpose(1, 2).reshape(b, t, -1)), usage
+        # Back to the queries' dtype from a decoding cache kept in another (bf16).
+        return self.w_o(out.transpose(1, 2).reshape(b, t, -1).to(q.dtype)), usage
 
     def _dense(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor, r: Tensor,
                want_usage: bool) -> tuple[Tensor, Tensor | None]:

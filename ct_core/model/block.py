@@ -101,36 +101,19 @@ class Block(nn.Module):
         k, v = k_cache[:, :, : start + t], v_cache[:, :, : start + t]
         return self._attend_and_feed_forward(h, self.attn.project_query(x), k, v, mask, r, want_usage)
 
-    def step_at(
-        self,
-        h: Tensor,
-        k_cache: Tensor,
-        v_cache: Tensor,
-        slot: Tensor,
-        mask: Tensor,
-        r: Tensor,
-        want_usage: bool = False,
-    ) -> tuple[Tensor, Tensor | None]:
-        """Fixed-shape variant of :meth:`step` for one token (``h`` ``[B, 1,
-        D]``): its key/value go to cache index ``slot`` (a 1-element int64
-        tensor, so no shape or Python number depends on the position) and it
-        attends over the whole cache ``[B, H, K_max, d]``; ``mask`` ``[B, 1,
-        1, K_max]`` hides the keys after ``slot`` and the empty ones, ``r``
-        ``[K_max, H, d]`` holds the encoding of each key's distance."""
-        x = self.attention_input(h)
-        k_new, v_new = self.attn.project_kv(x)
-        k_cache.index_copy_(2, slot, k_new.to(k_cache.dtype))
-        v_cache.index_copy_(2, slot, v_new.to(v_cache.dtype))
-        return self._attend_and_feed_forward(h, self.attn.project_query(x), k_cache, v_cache, mask, r, want_usage)
-
     def _attend_and_feed_forward(
         self, h: Tensor, q: Tensor, k: Tensor, v: Tensor, mask: Tensor, r: Tensor, want_usage: bool
     ) -> tuple[Tensor, Tensor | None]:
         a, usage = self.attn(q, k, v, mask, r, want_usage=want_usage)
+        return self.after_attention(h, a), usage
+
+    def after_attention(self, h: Tensor, a: Tensor) -> Tensor:
+        """The rest of the layer from its input ``h`` and attention output
+        ``a`` (``[B, T, D]`` each): residuals, norms, feed-forward."""
         if self.pre_norm:
             h = h + self.drop(a)
             h = h + self.drop(self.ff(self.norm_ff(h)))
         else:
             h = self.norm_attn(h + self.drop(a))
             h = self.norm_ff(h + self.drop(self.ff(h)))
-        return h, usage
+        return h

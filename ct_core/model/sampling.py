@@ -1,23 +1,26 @@
 """Cached incremental decoding and sampling.
 
 :class:`IncrementalDecoder` keeps, per layer, a key/value buffer laid out
-exactly like the training forward's keys ``[cmem; mem; segment]``. Memory
-keys/values are projected once per segment (not per token), each new token
-appends its own key/value, and when the segment reaches ``seq_len`` tokens
-the memories are updated with the model's own Algorithm-1 code. Every token
-therefore sees the same conditional distribution as in training.
+like the training forward's keys ``[cmem; mem; segment]``, less the empty
+memory slots in front (a shift of every key by the same amount, which
+keeps each key's distance to the query). Memory keys/values are projected
+once per segment (not per token), each new token appends its own
+key/value, and when the segment reaches ``seq_len`` tokens the memories are
+updated with the model's own Algorithm-1 code. Every token therefore sees
+the same conditional distribution as in training.
+
+Prompts (several tokens) take a variable-shape path; only their last
+position reaches the output layer. Single tokens take the fixed-shape step
+of :mod:`ct_core.model.decode_step`, which also draws the next token:
+compiled on CPU when asked (``compile_backend``; :func:`generate` decides by
+the request's size), replayed from CUDA graphs on CUDA, else eager.
 
 Precision: the decoder takes its compute dtype when it is built (autocast's
 if autocast is on then, else the parameters') and runs every later step
 under that same autocast, wherever it is called. The key/value cache and
-the projected positions are kept in the compute dtype; the segment's layer
-inputs (the next memories) in the parameters' dtype, as in training.
-
-On CUDA a single-token step has a fixed shape (the new key/value goes to a
-slot given as a device tensor, attention covers the whole cache with the
-later slots masked) and is replayed from a CUDA graph: one launch per token
-and no host synchronisation. Prompts (several tokens) and CPU decoding take
-the variable-shape path.
+the projected positions are kept in the compute dtype, or in ``kv_dtype``
+(opt-in ``bfloat16``); the segment's layer inputs (the next memories) in
+the parameters' dtype, as in training.
 
 Example::
 
@@ -33,20 +36,35 @@ import torch
 from torch import Tensor
 
 from ct_core.model.attention import attention_mask
+from ct_core.model.decode_step import FixedStep, StepBuffers, bucket_for, key_buckets, stderr_notice
+from ct_core.model.draw import SamplingOptions, sample_next
 from ct_core.model.memory import MemoryState
 from ct_core.model.lm import CompressiveTransformerLM
 
+#: ``generate`` compiles the CPU step when asked for at least this many new
+#: tokens per stream (compilation takes tens of seconds on a few cores; a
+#: short request finishes sooner eagerly).
+COMPILE_MIN_TOKENS = 8192
+
 
 class IncrementalDecoder:
-    """Feed tokens (one or many at a time) and get their logits.
+    """Feed tokens (one or many at a time) and get their logits, or step
+    one token at a time with the draw of the next token inside the step.
 
-    ``fixed_shape``: single-token steps take the fixed-shape path (None: on
-    CUDA, where they are captured in a CUDA graph; True on CPU runs the same
-    path eagerly).
+    ``fixed_shape``: single tokens take the fixed-shape step
+    (:mod:`ct_core.model.decode_step`; default). False: the variable-shape
+    path of prompts, the reference the step is tested against.
+    ``compile_backend``: compile the step on CPU with this
+    ``torch.compile`` backend (``inductor``); None runs it eagerly. On CUDA
+    the step is replayed from CUDA graphs either way.
+    ``kv_dtype``: the key/value cache's dtype (default: the compute dtype);
+    ``torch.bfloat16`` halves the cache and changes the numbers slightly.
+    ``notify``: where the one-line notice goes when compilation falls back.
     """
 
     def __init__(self, model: CompressiveTransformerLM, batch_size: int, memory: MemoryState | None = None,
-                 fixed_shape: bool | None = None) -> None:
+                 fixed_shape: bool | None = None, compile_backend: str | Callable | None = None,
+                 kv_dtype: torch.dtype | None = None, notify: Callable[[str], None] = stderr_notice) -> None:
         self.model = model
         cfg = model.cfg
         first = next(model.parameters())
@@ -56,6 +74,7 @@ class IncrementalDecoder:
         on = torch.is_autocast_enabled(device.type)
         self.autocast_dtype = torch.get_autocast_dtype(device.type) if on else None
         self.dtype = self.autocast_dtype or param_dtype  # compute dtype
+        self.kv_dtype = kv_dtype or self.dtype
         if memory is None:
             memory = model.empty_memory(batch_size, device=device)
         with torch.no_grad(), self._autocast():
@@ -63,27 +82,35 @@ class IncrementalDecoder:
         self.seq_len = cfg.seq_len
         self.prefix = self.memory.cmem_len + self.memory.mem_len  # P = C + M
         self.n_keys = self.prefix + cfg.seq_len  # K_max
+        self.buckets = key_buckets(self.n_keys)
         self.want_usage = model.needs_usage
         pos = model.positions(self.n_keys, device, param_dtype)  # [K_max, D]
         with torch.no_grad(), self._autocast():
             # Projected encodings of every distance, computed once.
-            self.r = [blk.attn.project_positions(pos).to(self.dtype) for blk in model.blocks]  # [K_max, H, d]
-        h, d = cfg.n_heads, cfg.head_dim
-        shape = (batch_size, h, self.n_keys, d)
-        self.k = [torch.zeros(shape, device=device, dtype=self.dtype) for _ in model.blocks]
-        self.v = [torch.zeros(shape, device=device, dtype=self.dtype) for _ in model.blocks]
-        self.hidden = torch.zeros(cfg.n_layers, batch_size, cfg.seq_len, cfg.d_model, device=device,
-                                  dtype=param_dtype)
-        self.usage = [torch.zeros(batch_size, self.n_keys, device=device) for _ in model.blocks]
-        self.key_valid = torch.zeros(batch_size, self.n_keys, dtype=torch.bool, device=device)  # [B, K_max]
+            self.r = [blk.attn.project_positions(pos).to(self.kv_dtype) for blk in model.blocks]  # [K_max, H, d]
+        # One slot more than the largest bucket: every bucket is then a
+        # strict prefix of the buffers, and one compiled step serves all.
+        room = self.n_keys + 1
+        shape = (batch_size, cfg.n_heads, room, cfg.head_dim)
+        self.buf = StepBuffers(
+            k=[torch.zeros(shape, device=device, dtype=self.kv_dtype) for _ in model.blocks],
+            v=[torch.zeros(shape, device=device, dtype=self.kv_dtype) for _ in model.blocks],
+            # Ascending distance, heads first: the step's GEMM reads a prefix.
+            r_t=[torch.nn.functional.pad(r.flip(0).permute(1, 2, 0), (0, 1)).contiguous() for r in self.r],
+            hidden=torch.zeros(cfg.n_layers, batch_size, cfg.seq_len, cfg.d_model, device=device, dtype=param_dtype),
+            usage=[torch.zeros(batch_size, room, device=device) for _ in model.blocks],
+            mask=torch.zeros(batch_size, 1, room, device=device, dtype=self.kv_dtype),
+            token=torch.zeros(batch_size, 1, dtype=torch.long, device=device),
+            slot=torch.zeros(1, dtype=torch.long, device=device),
+            row=torch.zeros(1, dtype=torch.long, device=device),
+            key_index=torch.arange(room, device=device),
+        )
+        self.key_valid = torch.zeros(batch_size, room, dtype=torch.bool, device=device)  # [B, K_max + 1]
         self.pos = 0
-        self.fixed_shape = device.type == "cuda" if fixed_shape is None else fixed_shape
-        self._graph: torch.cuda.CUDAGraph | None = None
-        # Inputs and output of the fixed-shape step, at fixed addresses.
-        self._token = torch.zeros(batch_size, 1, dtype=torch.long, device=device)
-        self._slot = torch.zeros(1, dtype=torch.long, device=device)  # key index of the new token
-        self._row = torch.zeros(1, dtype=torch.long, device=device)  # its position in the segment
-        self._logits: Tensor | None = None
+        self.kept = 0  # P_v: memory slots in the cache this segment (the filled suffix of [cmem; mem])
+        self.fixed_shape = True if fixed_shape is None else fixed_shape
+        self.step_runner = FixedStep(model, self.buf, self._autocast, compile_backend, notify)
+        self.last_bucket: int | None = None  # keys the last fixed-shape step attended
         self._begin_segment()
 
     def _autocast(self, cache_enabled: bool = True):
@@ -94,156 +121,131 @@ class IncrementalDecoder:
 
     @torch.inference_mode()
     def _begin_segment(self) -> None:
-        """Project this segment's memory keys/values once, for all tokens."""
-        m, p = self.memory, self.prefix
+        """Project this segment's memory keys/values once, for all tokens,
+        and build the segment's mask.
+
+        Only the filled suffix of ``[cmem; mem]`` (filled in some row) is
+        kept, at the front of the cache: empty slots are never attended.
+        Finding it costs one host synchronisation per segment."""
+        m, p, buf = self.memory, self.prefix, self.buf
+        valid = torch.cat([m.cmem_mask, m.mem_mask], dim=1)  # [B, P]
+        filled = valid.any(dim=0).nonzero()
+        first = int(filled[0]) if len(filled) else p
+        self.kept = kept = p - first
         with self._autocast():
             for layer, blk in enumerate(self.model.blocks):
-                slots, _ = m.attended(layer)  # [B, P, D]
-                k, v = blk.memory_kv(slots)
-                self.k[layer][:, :, :p] = k
-                self.v[layer][:, :, :p] = v
-                self.usage[layer].zero_()
+                if kept:
+                    slots, _ = m.attended(layer)  # [B, P, D]
+                    k, v = blk.memory_kv(slots[:, first:])  # [B, H, P_v, d]
+                    buf.k[layer][:, :, :kept] = k
+                    buf.v[layer][:, :, :kept] = v
+                buf.usage[layer].zero_()
         # In place: a captured step reads these buffers at their addresses.
-        self.key_valid[:, :p] = torch.cat([m.cmem_mask, m.mem_mask], dim=1)
-        self.key_valid[:, p:] = True
+        self.key_valid[:, :kept] = valid[:, first:]
+        self.key_valid[:, kept:] = True
+        buf.mask.fill_(float("-inf"))
+        buf.mask[:, 0, :kept].masked_fill_(valid[:, first:], 0.0)
 
     @torch.inference_mode()
-    def _step(self, tokens: Tensor) -> Tensor:
-        """tokens ``[B, n]`` fitting in the current segment -> logits ``[B, n, V]``."""
-        n, s, p = tokens.shape[1], self.pos, self.prefix
+    def _step(self, tokens: Tensor, logits_of: str = "all") -> Tensor | None:
+        """tokens ``[B, n]`` fitting in the current segment -> logits of
+        ``all`` of them ``[B, n, V]``, of the ``last`` ``[B, 1, V]``, or
+        ``none``."""
+        n, s, p, buf = tokens.shape[1], self.pos, self.kept, self.buf
         if n == 1 and self.fixed_shape:
-            return self._fixed_step(tokens)
+            logits, _ = self._fixed_step(tokens, None)
+            return logits[:, None]
         keys = p + s + n
         with self._autocast():
             h = self.model.embed(tokens)  # [B, n, D]
-            mask = attention_mask(self.key_valid[:, :keys], n, self.dtype)  # [B, 1, n, keys]
+            mask = attention_mask(self.key_valid[:, :keys], n, self.kv_dtype)  # [B, 1, n, keys]
             for layer, blk in enumerate(self.model.blocks):
-                self.hidden[layer, :, s : s + n] = h
-                h, u = blk.step(
-                    h,
-                    self.k[layer],
-                    self.v[layer],
-                    p + s,
-                    mask,
-                    self.r[layer][self.n_keys - keys :],
-                    want_usage=self.want_usage,
-                )
+                buf.hidden[layer, :, s : s + n] = h
+                h, u = blk.step(h, buf.k[layer], buf.v[layer], p + s, mask, self.r[layer][self.n_keys - keys :],
+                                want_usage=self.want_usage)
                 if u is not None:
-                    self.usage[layer][:, :keys] += u
-            logits = self.model.token_logits(self.model.norm_out(h))
+                    buf.usage[layer][:, :keys] += u
+            # Only what is asked for reaches the output layer (an adaptive
+            # softmax would build [B, n, V] log-probabilities).
+            logits = None
+            if logits_of != "none":
+                logits = self.model.token_logits(self.model.norm_out(h if logits_of == "all" else h[:, -1:]))
+        buf.mask[:, :, p + s : keys] = 0.0  # the fixed-shape step sees these tokens
         self.pos += n
         return logits
 
-    def _fixed_step(self, tokens: Tensor) -> Tensor:
-        """One token through the fixed-shape step: replayed from a CUDA graph
-        on CUDA (captured on first use), run eagerly elsewhere."""
-        self._token.copy_(tokens)
-        self._slot.fill_(self.prefix + self.pos)
-        self._row.fill_(self.pos)
-        if self.device.type != "cuda":
-            self._logits = self._fixed_step_body()
-        elif self._graph is None:
-            self._capture()
-        else:
-            self._graph.replay()
+    def _fixed_step(self, tokens: Tensor, options: SamplingOptions | None,
+                    generator: torch.Generator | None = None) -> tuple[Tensor, Tensor | None]:
+        """One token ``[B, 1]`` through the fixed-shape step: its logits
+        ``[B, V]`` and, with ``options``, the next token drawn ``[B]``."""
+        buf = self.buf
+        buf.token.copy_(tokens)
+        buf.slot.fill_(self.kept + self.pos)
+        buf.row.fill_(self.pos)
+        if options is not None and not options.greedy:
+            if buf.noise is None:
+                buf.noise = torch.empty(tokens.shape[0], self.model.cfg.vocab_size, device=self.device)
+            # The draws sample_next would take from the generator.
+            buf.noise.exponential_(1.0, generator=generator)
+        self.last_bucket = bucket_for(self.kept + self.pos + 1, self.buckets)
+        out = self.step_runner.run(self.last_bucket, options)
         self.pos += 1
-        return self._logits.clone()
-
-    def _fixed_step_body(self) -> Tensor:
-        """Reads ``_token``, ``_slot``, ``_row`` and the caches; writes the
-        caches, ``hidden`` and ``usage`` in place; returns logits ``[B, 1, V]``.
-        Nothing here depends on a Python number that changes per token."""
-        with self._autocast(cache_enabled=self.device.type != "cuda"):
-            h = self.model.embed(self._token)  # [B, 1, D]
-            keys = torch.arange(self.n_keys, device=self.device)  # [K_max]
-            allowed = self.key_valid & (keys <= self._slot)[None, :]  # [B, K_max]
-            zero = torch.zeros((), dtype=self.dtype, device=self.device)
-            mask = torch.where(allowed, zero, float("-inf"))[:, None, None, :]  # [B, 1, 1, K_max]
-            # Key j is slot - j tokens back: row K_max - 1 - (slot - j) of r.
-            rows = torch.clamp(keys + (self.n_keys - 1) - self._slot, max=self.n_keys - 1)  # [K_max]
-            for layer, blk in enumerate(self.model.blocks):
-                self.hidden[layer].index_copy_(1, self._row, h.to(self.hidden.dtype))
-                h, u = blk.step_at(h, self.k[layer], self.v[layer], self._slot, mask,
-                                   self.r[layer].index_select(0, rows), want_usage=self.want_usage)
-                if u is not None:
-                    self.usage[layer] += u
-            return self.model.token_logits(self.model.norm_out(h))
-
-    def _capture(self) -> None:
-        """Capture the fixed-shape step in a CUDA graph, then run it once.
-
-        The warm-up run before capture (kernels must have been picked) writes
-        the same key, value and layer input as the real step will, but adds
-        to ``usage``: that is undone. Autocast's weight cache is off inside
-        the graph (a cached cast would not be re-read on replay)."""
-        usage = [u.clone() for u in self.usage]
-        side = torch.cuda.Stream(self.device)
-        side.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.inference_mode(), torch.cuda.stream(side):
-            self._fixed_step_body()
-        torch.cuda.current_stream(self.device).wait_stream(side)
-        for saved, u in zip(usage, self.usage):
-            u.copy_(saved)
-        self._graph = torch.cuda.CUDAGraph()
-        with torch.inference_mode(), torch.cuda.graph(self._graph):
-            self._logits = self._fixed_step_body()
-        self._graph.replay()
+        return out
 
     @torch.inference_mode()
     def _roll(self) -> None:
         """Segment full: update the memories exactly as training does."""
-        usage = self.usage if self.want_usage else None
+        usage = None
+        if self.want_usage:
+            # Back to the layout [cmem; mem; segment] update_memory reads.
+            first, width = self.prefix - self.kept, self.kept + self.pos
+            usage = []
+            for u in self.buf.usage:
+                full = u.new_zeros(u.shape[0], self.prefix + self.pos)  # [B, P + T]
+                full[:, first:] = u[:, :width]
+                usage.append(full)
         with self._autocast():
-            self.memory, _ = self.model.update_memory(self.memory, self.hidden[:, :, : self.pos], usage)
+            self.memory, _ = self.model.update_memory(self.memory, self.buf.hidden[:, :, : self.pos], usage)
         self.pos = 0
         self._begin_segment()
 
     @torch.inference_mode()
-    def feed(self, tokens: Tensor) -> Tensor:
-        """Consume ``tokens`` ``[B, n]`` (any n); return their logits ``[B, n, V]``."""
+    def feed(self, tokens: Tensor, last_only: bool = False) -> Tensor:
+        """Consume ``tokens`` ``[B, n]`` (any n); return their logits ``[B,
+        n, V]``, or with ``last_only`` the last token's ``[B, 1, V]`` (for a
+        prompt: no other position reaches the output layer)."""
         outs, i, n = [], 0, tokens.shape[1]
         while i < n:
             take = min(n - i, self.seq_len - self.pos)
-            outs.append(self._step(tokens[:, i : i + take]))
+            logits_of = "all" if not last_only else "last" if i + take == n else "none"
+            logits = self._step(tokens[:, i : i + take], logits_of)
+            if logits is not None:
+                outs.append(logits[:, -1:] if last_only else logits)
             i += take
             if self.pos == self.seq_len:
                 self._roll()
         return torch.cat(outs, dim=1)
 
+    @torch.inference_mode()
+    def step(self, tokens: Tensor, options: SamplingOptions, generator: torch.Generator | None = None,
+             return_logits: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        """Consume one token per row ``[B]``; return the next one drawn ``[B]``
+        (with ``return_logits``: the logits ``[B, V]`` it was drawn from, and
+        it), with the noise :func:`sample_next` would draw from ``generator``."""
+        if self.fixed_shape:
+            logits, nxt = self._fixed_step(tokens[:, None], options, generator)
+        else:
+            logits = self._step(tokens[:, None])[:, -1]
+            nxt = sample_next(logits, **options.kwargs(), generator=generator)
+        if self.pos == self.seq_len:
+            self._roll()
+        return (logits, nxt) if return_logits else nxt
 
-def sample_next(
-    logits: Tensor,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    generator: torch.Generator | None = None,
-) -> Tensor:
-    """Draw one token per row from ``logits`` ``[B, V]`` -> ``[B]``.
 
-    ``temperature = 0`` or ``top_k = 1`` is greedy.
-    """
-    logits = logits.float()
-    if temperature <= 0 or top_k == 1:
-        return logits.argmax(dim=-1)
-    logits = logits / temperature
-    if top_k is not None and top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # [B, 1]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p is not None and top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-        probs = sorted_logits.softmax(dim=-1)
-        # Drop a token when the mass before it already reaches top_p; the
-        # most likely token always stays.
-        drop = (probs.cumsum(dim=-1) - probs) >= top_p
-        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
-        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
-    probs = logits.softmax(dim=-1)
-    # The exponential race: argmax of p / E with E ~ Exp(1) draws from p. It
-    # is what torch.multinomial does for one sample (the same numbers from
-    # the same generator), minus its validity check, which waits for the
-    # GPU on every token.
-    race = torch.empty_like(probs).exponential_(1.0, generator=generator)
-    return (probs / race).argmax(dim=-1)
+def worth_compiling(device: torch.device, max_new_tokens: int) -> bool:
+    """Whether :func:`generate` compiles the step by default: on CPU, for
+    requests long enough to repay the compilation (CUDA replays graphs)."""
+    return device.type == "cpu" and max_new_tokens >= COMPILE_MIN_TOKENS
 
 
 @torch.inference_mode()
@@ -258,32 +260,46 @@ def generate(
     memory: MemoryState | None = None,
     callback: Callable[[Tensor], None] | None = None,
     progress: bool = False,
+    compile: bool | None = None,
+    kv_dtype: torch.dtype | None = None,
+    notify: Callable[[str], None] = stderr_notice,
 ) -> Tensor:
     """Continue ``prompt`` ``[B, P]`` (``P >= 1``) by ``max_new_tokens``.
 
     Returns ``[B, P + max_new_tokens]`` with the prompt unchanged as prefix.
     ``callback`` receives each new token column ``[B]`` as it is drawn.
+    ``compile``: compile the CPU step with inductor (None: when
+    :func:`worth_compiling`); ``kv_dtype``: see :class:`IncrementalDecoder`.
+    The first new token is drawn by :func:`sample_next` from the prompt's
+    last logits, each later one inside the step, from the same generator
+    with the same noise.
     """
     if prompt.dim() == 1:
         prompt = prompt[None, :]
     if prompt.shape[1] == 0:
         raise ValueError("generate needs a prompt of at least one token")
+    options = SamplingOptions(temperature, top_k, top_p)
+    device = next(model.parameters()).device
+    if compile is None:
+        compile = worth_compiling(device, max_new_tokens)
     was_training = model.training
     model.eval()
     try:
-        dec = IncrementalDecoder(model, prompt.shape[0], memory)
-        logits = dec.feed(prompt)[:, -1]  # [B, V]
+        dec = IncrementalDecoder(model, prompt.shape[0], memory, compile_backend="inductor" if compile else None,
+                                 kv_dtype=kv_dtype, notify=notify)
+        logits = dec.feed(prompt, last_only=True)[:, -1]  # [B, V]
+        if max_new_tokens > 0:
+            nxt = sample_next(logits, **options.kwargs(), generator=generator)  # [B]
         new = []
         bar = _progress_bar(max_new_tokens) if progress else None
         for i in range(max_new_tokens):
-            nxt = sample_next(logits, temperature, top_k, top_p, generator)  # [B]
             new.append(nxt)
             if callback is not None:
                 callback(nxt)
             if bar is not None:
                 bar.update(1)
             if i + 1 < max_new_tokens:
-                logits = dec.feed(nxt[:, None])[:, -1]
+                nxt = dec.step(nxt, options, generator)
         if bar is not None:
             bar.close()
     finally:
@@ -299,4 +315,4 @@ def _progress_bar(total: int):
     return tqdm(total=total, unit="tok", desc="sampling", smoothing=0.1, mininterval=0.5)
 
 
-__all__ = ["IncrementalDecoder", "generate", "sample_next"]
+__all__ = ["COMPILE_MIN_TOKENS", "IncrementalDecoder", "generate", "sample_next", "worth_compiling"]

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from bench.flops import counted_flops, decode_flops, main, train_flops
 from bench.shapes import SHAPES, Shape
 from ct_core import CompressiveTransformerLM
+from ct_core.model.memory import MemoryState
 from ct_core.model.sampling import IncrementalDecoder
 
 
@@ -83,12 +84,15 @@ def test_training_count_at_shape_s():
 @pytest.mark.parametrize("fixed_shape", [False, True])
 @pytest.mark.parametrize("name", ["conv_attention", "dilated_conv_attention", "most_used", "transformer_xl"])
 def test_decoding_count_equals_the_flop_counter(name, fixed_shape):
-    """A decoder fed one segment of single tokens: every step plus the
-    segment's memory update and the next segment's keys and values."""
+    """A decoder with full memories fed one segment of single tokens: every
+    step plus the segment's memory update and the next segment's keys and
+    values."""
     shape = CASES[name]
     model = build(shape).eval()
+    empty = model.empty_memory(shape.batch_size)
+    full = MemoryState(empty.mem, torch.ones_like(empty.mem_mask), empty.cmem, torch.ones_like(empty.cmem_mask))
     with torch.inference_mode():
-        dec = IncrementalDecoder(model, shape.batch_size, fixed_shape=fixed_shape)
+        dec = IncrementalDecoder(model, shape.batch_size, full, fixed_shape=fixed_shape)
     tokens = torch.randint(0, shape.vocab_size, (shape.batch_size, shape.seq_len),
                            generator=torch.Generator().manual_seed(2))
 

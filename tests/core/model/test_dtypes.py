@@ -48,8 +48,8 @@ def test_a_decoder_built_under_autocast_keeps_it_outside():
         inside = IncrementalDecoder(model, 2)
         want = torch.cat([inside.feed(tokens[:, i : i + 1]) for i in range(20)], dim=1)
         outside = IncrementalDecoder(model, 2)
-    assert outside.k[0].dtype == outside.r[0].dtype == torch.bfloat16  # the cache in the compute dtype
-    assert outside.hidden.dtype == torch.float32  # the next memories in the parameters' dtype
+    assert outside.buf.k[0].dtype == outside.r[0].dtype == torch.bfloat16  # the cache in the compute dtype
+    assert outside.buf.hidden.dtype == torch.float32  # the next memories in the parameters' dtype
     got = torch.cat([outside.feed(tokens[:, i : i + 1]) for i in range(20)], dim=1)
     assert torch.equal(got, want)
     fp32 = IncrementalDecoder(model, 2).feed(tokens)

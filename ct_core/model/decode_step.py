@@ -1,0 +1,251 @@
+"""The fixed-shape decoding step: one token per call, every layer, the
+output layer and the draw of the next token.
+
+A step reads its inputs from buffers at fixed addresses (the token, its
+key index ``slot`` and its position ``row`` in the segment as device
+tensors, the noise of the draw) and writes the key/value cache, the
+segment's layer inputs, the attention usage and the running mask in place.
+No shape and no Python number in it changes from token to token, except the
+number of keys attended, which moves through a few *key-length buckets*
+(:func:`key_buckets`): the smallest bucket that holds every key the token
+may see, not always the largest. So the step can be
+
+- compiled (``torch.compile``, inductor on CPU; the key length is the one
+  dynamic size, so one compilation serves every bucket),
+- captured as a CUDA graph per bucket (one launch per token, no host
+  synchronisation), or
+- run eagerly, where it still spares the per-token work of the
+  variable-shape path.
+
+Work moved out of the step: the additive mask (memory validity, future
+slots) is built once per segment and opened one slot per token; the
+projected positions are stored once per decoder, transposed and in
+ascending distance, and each token gathers its keys' scores from its scores
+against every distance (``[B, H, K]``) instead of copying the table; the
+softmax scale is folded into ``q + u`` and ``q + v``.
+
+When compilation is unavailable or fails the step runs eagerly and says so
+once, in one line, through ``notify``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import sys
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
+
+import torch
+from torch import Tensor
+
+from ct_core.model.draw import SamplingOptions, draw
+
+if TYPE_CHECKING:
+    from ct_core.model.attention import RelativeMultiHeadAttention
+    from ct_core.model.lm import CompressiveTransformerLM
+
+#: At most this many key-length buckets per decoder (CUDA captures one graph per bucket).
+MAX_BUCKETS = 8
+#: Bucket sizes are multiples of this many keys.
+BUCKET_MULTIPLE = 8
+
+
+def key_buckets(n_keys: int) -> tuple[int, ...]:
+    """Increasing bucket sizes ``(g, 2g, ..., n_keys)`` covering ``1 .. n_keys``
+    keys in at most :data:`MAX_BUCKETS` steps."""
+    g = math.ceil(math.ceil(n_keys / MAX_BUCKETS) / BUCKET_MULTIPLE) * BUCKET_MULTIPLE
+    return tuple(min(g * i, n_keys) for i in range(1, math.ceil(n_keys / g) + 1))
+
+
+def bucket_for(n_needed: int, buckets: tuple[int, ...]) -> int:
+    """The smallest bucket holding ``n_needed`` keys."""
+    return next(b for b in buckets if b >= n_needed)
+
+
+def stderr_notice(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+@dataclass
+class StepBuffers:
+    """What the step reads and writes, allocated once per decoder.
+
+    Key index ``j`` of the cache is the ``j``-th kept key: the filled part
+    of ``[cmem; mem]`` (``P_v`` slots, a suffix of it) then the segment.
+    """
+
+    k: list[Tensor]  # per layer [B, H, K_max + 1, d] in the cache dtype (one slot spare)
+    v: list[Tensor]  # per layer [B, H, K_max + 1, d]
+    r_t: list[Tensor]  # per layer [H, d, K_max + 1]: column δ is W_r R(δ), distance δ (cache dtype)
+    hidden: Tensor  # [L, B, seq_len, D] the segment's layer inputs (parameters' dtype)
+    usage: list[Tensor]  # per layer [B, K_max + 1] float32 attention mass per key
+    mask: Tensor  # [B, 1, K_max + 1] additive (cache dtype): 0 = visible, -inf = empty or future
+    token: Tensor  # [B, 1] int64 the token of this step
+    slot: Tensor  # [1] int64 its key index
+    row: Tensor  # [1] int64 its position in the segment
+    key_index: Tensor  # [K_max + 1] int64 0 .. K_max
+    noise: Tensor | None = None  # [B, V] float32 Exp(1) draws for the next token
+
+
+def one_query_attention(attn: RelativeMultiHeadAttention, q: Tensor, k: Tensor, v: Tensor, mask: Tensor,
+                        r_t: Tensor, distance: Tensor, want_usage: bool) -> tuple[Tensor, Tensor | None]:
+    """One query per row over the first ``K_b`` cache keys.
+
+    q: ``[B, H, 1, d]``; k, v: ``[B, H, K_b, d]`` (views of the cache);
+    mask: ``[B, 1, K_b]``; r_t: ``[H, d, K_b]`` encodings of distances
+    ``0 .. K_b - 1``; distance: ``[K_b]`` each key's distance to the query
+    (clamped to 0 for future keys, which the mask hides). Returns ``[B, 1, D]``
+    and, if ``want_usage``, the attention mass per key ``[B, K_b]``.
+    """
+    b, n_heads, _, d = q.shape
+    n_keys = k.shape[2]
+    dtype = k.dtype
+    qu = ((q + attn.u[:, None, :]) * attn.scale).to(dtype).view(b * n_heads, 1, d)
+    qv = ((q + attn.v[:, None, :]) * attn.scale).to(dtype).view(b, n_heads, d)
+    by_distance = torch.bmm(qv.transpose(0, 1), r_t)  # [H, B, K_b]: against every distance
+    position = by_distance.transpose(0, 1).gather(2, distance.expand(b, n_heads, n_keys))  # [B, H, K_b]
+    bias = (position + mask).view(b * n_heads, 1, n_keys)
+    scores = torch.baddbmm(bias, qu, k.reshape(b * n_heads, n_keys, d).transpose(1, 2))  # [B·H, 1, K_b]
+    probs = scores.float().softmax(dim=-1).to(v.dtype)
+    usage = probs.float().view(b, n_heads, n_keys).sum(dim=1) if want_usage else None  # [B, K_b]
+    out = torch.bmm(probs, v.reshape(b * n_heads, n_keys, d))  # [B·H, 1, d]
+    return attn.w_o(out.view(b, 1, n_heads * d).to(q.dtype)), usage
+
+
+class FixedStep:
+    """Runs the step eagerly, compiled (``backend``) or, on CUDA, replayed
+    from a CUDA graph per key-length bucket.
+
+    ``backend``: a ``torch.compile`` backend name or callable, or None
+    (eager); ignored on CUDA, where the step is captured as it is.
+    ``autocast``: a context-manager factory taking ``cache_enabled``.
+    """
+
+    def __init__(self, model: CompressiveTransformerLM, buffers: StepBuffers, autocast: Callable,
+                 backend: str | Callable | None = None, notify: Callable[[str], None] = stderr_notice) -> None:
+        self.model = model
+        self.buf = buffers
+        self.autocast = autocast
+        self.want_usage = model.needs_usage
+        self.notify = notify
+        self.cuda = buffers.k[0].device.type == "cuda"
+        self.fallback: str | None = None  # why the step runs eagerly although compilation was asked for
+        self._compiled: Callable | None = None
+        self._views: dict[int, Tensor] = {}
+        self._graphs: dict[tuple[int, SamplingOptions | None], tuple[torch.cuda.CUDAGraph, Tensor, Tensor | None]] = {}
+        if backend is not None and not self.cuda:
+            try:
+                self._compiled = torch.compile(self.body, backend=backend, fullgraph=True)
+            except Exception as err:  # an unknown backend name, a missing compiler
+                self._fall_back(err)
+
+    @property
+    def mode(self) -> str:
+        """``graph``, ``compiled`` or ``eager``: how the next step runs."""
+        return "graph" if self.cuda else "compiled" if self._compiled is not None else "eager"
+
+    def _fall_back(self, err: BaseException) -> None:
+        # A backend's own error, not the compiler's wrapper around it.
+        err = getattr(err, "inner_exception", None) or err
+        lines = str(err).strip().splitlines()
+        self.fallback = f"{type(err).__name__}: {lines[0] if lines else ''}"[:300]
+        self._compiled = None
+        self.notify(f"compiled decoding unavailable, decoding eagerly ({self.fallback})")
+
+    def body(self, keys: Tensor, options: SamplingOptions | None) -> tuple[Tensor, Tensor | None]:
+        """The step over the first ``K_b = len(keys)`` cache keys (``keys``:
+        a ``[K_b]`` view of ``key_index``). Returns the next-token scores
+        ``[B, V]`` (adaptive softmax: log-probabilities) and, with
+        ``options``, the token drawn from them ``[B]``."""
+        buf, model = self.buf, self.model
+        n_keys = keys.shape[0]
+        with self.autocast(cache_enabled=not self.cuda):
+            h = model.embed(buf.token)  # [B, 1, D]
+            buf.mask.index_fill_(2, buf.slot, 0.0)  # the token sees itself from now on
+            mask = buf.mask[:, :, :n_keys]  # [B, 1, K_b]
+            distance = (buf.slot - keys).clamp(min=0)  # [K_b]
+            for layer, blk in enumerate(model.blocks):
+                buf.hidden[layer].index_copy_(1, buf.row, h.to(buf.hidden.dtype))
+                x = blk.attention_input(h)
+                k_new, v_new = blk.attn.project_kv(x)  # [B, H, 1, d]
+                k_cache, v_cache = buf.k[layer], buf.v[layer]
+                k_cache.index_copy_(2, buf.slot, k_new.to(k_cache.dtype))
+                v_cache.index_copy_(2, buf.slot, v_new.to(v_cache.dtype))
+                a, u = one_query_attention(blk.attn, blk.attn.project_query(x), k_cache[:, :, :n_keys],
+                                           v_cache[:, :, :n_keys], mask, buf.r_t[layer][:, :, :n_keys],
+                                           distance, self.want_usage)
+                if u is not None:
+                    buf.usage[layer][:, :n_keys] += u
+                h = blk.after_attention(h, a)
+            logits = model.token_logits(model.norm_out(h)[:, 0])  # [B, V]
+        token = None if options is None else draw(logits, buf.noise, options)
+        return logits, token
+
+    def run(self, n_keys: int, options: SamplingOptions | None) -> tuple[Tensor, Tensor | None]:
+        """One step over the bucket of ``n_keys`` keys; outputs are the
+        caller's to keep (CUDA: copies of the graph's outputs)."""
+        if self.cuda:
+            return self._replay(n_keys, options)
+        keys = self._keys(n_keys)
+        if self._compiled is not None:
+            try:
+                with _dynamo_limits():
+                    return self._compiled(keys, options)
+            except Exception as err:  # raised while compiling, before the step ran
+                self._fall_back(err)
+        return self.body(keys, options)
+
+    def _keys(self, n_keys: int) -> Tensor:
+        """The ``[K_b]`` view of ``key_index`` whose length the compiler
+        treats as dynamic (one compilation for every bucket)."""
+        if n_keys not in self._views:
+            view = self.buf.key_index[:n_keys]
+            torch._dynamo.maybe_mark_dynamic(view, 0)
+            self._views[n_keys] = view
+        return self._views[n_keys]
+
+    def _replay(self, n_keys: int, options: SamplingOptions | None) -> tuple[Tensor, Tensor | None]:
+        key = (n_keys, options)
+        if key not in self._graphs:
+            self._graphs[key] = self._capture(n_keys, options)
+        graph, logits, token = self._graphs[key]
+        graph.replay()
+        return logits.clone(), None if token is None else token.clone()
+
+    def _capture(self, n_keys: int, options: SamplingOptions | None) -> tuple[torch.cuda.CUDAGraph, Tensor,
+                                                                              Tensor | None]:
+        """Capture the step for one bucket in a CUDA graph (not run yet).
+
+        The warm-up run before capture (kernels must have been picked)
+        writes the same key, value, layer input and mask entry as the real
+        step will, but adds to ``usage``: that is undone. Autocast's weight
+        cache is off inside the graph (a cached cast would not be re-read on
+        replay)."""
+        keys = self.buf.key_index[:n_keys]
+        usage = [u.clone() for u in self.buf.usage]
+        device = keys.device
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.inference_mode(), torch.cuda.stream(side):
+            self.body(keys, options)
+        torch.cuda.current_stream(device).wait_stream(side)
+        for saved, u in zip(usage, self.buf.usage):
+            u.copy_(saved)
+        graph = torch.cuda.CUDAGraph()
+        with torch.inference_mode(), torch.cuda.graph(graph):
+            logits, token = self.body(keys, options)
+        return graph, logits, token
+
+
+def _dynamo_limits():
+    """Compiled calls raise instead of silently running uncompiled when the
+    compiler's per-function cache is full (then the step says so and runs
+    eagerly), and the cache holds one entry per model shape seen."""
+    config = torch._dynamo.config
+    wanted = {"fail_on_recompile_limit_hit": True, "recompile_limit": 64}
+    present = {k: v for k, v in wanted.items() if hasattr(config, k)}
+    return config.patch(**present) if present else contextlib.nullcontext()
+
+
+__all__ = ["FixedStep", "StepBuffers", "bucket_for", "key_buckets", "one_query_attention", "stderr_notice"]
