@@ -170,7 +170,8 @@ def check_targets(files: list[Path], checkpoint: Path, given: bool, force: bool)
                           "give --out FILE") from None
 
 
-def check_stream_memory(cfg, weights: dict, batch: int, prompt_len: int, n_new: int, device) -> None:
+def check_stream_memory(cfg, weights: dict, batch: int, prompt_len: int, n_new: int, device,
+                        kv_dtype_name: str | None) -> None:
     """One line, before anything is loaded, sampled or written, when the
     model (``weights``: its state dict) and the ``--batch`` streams need more
     memory than ``device`` has available."""
@@ -184,8 +185,9 @@ def check_stream_memory(cfg, weights: dict, batch: int, prompt_len: int, n_new: 
         on = torch.is_autocast_enabled(device.type)
         compute_dtype = torch.get_autocast_dtype(device.type) if on else param_dtype
     # Without a prompt, generation starts from one start token.
+    kv_dtype = getattr(torch, kv_dtype_name) if kv_dtype_name else None
     need = sampling_bytes(cfg.model, batch, cfg.eval_mem_len, cfg.eval_cmem_len, max(prompt_len, 1), n_new,
-                          param_dtype, compute_dtype)
+                          param_dtype, compute_dtype, kv_dtype)
     weight_bytes = sum(t.numel() * param_dtype.itemsize for t in weights.values() if torch.is_tensor(t))
     check_fits(need, weight_bytes, available_bytes(device), str(device), batch, "--batch")
 
@@ -237,7 +239,7 @@ def run(argv: list[str]) -> list[Path]:
     if n_new > MAX_NEW_TOKENS:
         raise ConfigError(f"{n_new:,} new tokens per stream asked for; at most {MAX_NEW_TOKENS:,} per call")
     prompt = np.asarray(frontend.encode_prompt(request), dtype=np.int64)
-    check_stream_memory(cfg, payload["model"], args.batch, prompt.size, n_new, device)
+    check_stream_memory(cfg, payload["model"], args.batch, prompt.size, n_new, device, KV_DTYPES[args.kv_dtype])
     # The destination is checked before any sampling, so a bad --out costs nothing.
     given = args.out is not None
     out = args.out if given else default_sample_out(args.checkpoint)

@@ -6,16 +6,18 @@ grows with B but the model's weights, which it needs once. Per stream, with ``L`
 seq_len`` keys, vocabulary ``V``, ``P`` prompt and ``N`` new tokens:
 
 - the decoder's buffers (:func:`decoder_buffer_bytes`, exactly what it
-  allocates): keys and values ``2·L·K·D`` and the positions' projections
-  ``L·K·D`` in the compute dtype; the segment's recorded layer inputs
+  allocates): keys and values ``2·L·(K+1)·D`` (one spare slot) and the
+  positions' projections ``L·(2K+1)·D`` (as projected, and transposed for
+  the step) in the cache dtype; the segment's recorded layer inputs
   ``L·seq_len·D`` and the memories ``L·(mem_len + cmem_len)·D`` in the
   parameters' dtype; attention usage ``L·K`` floats and validity masks;
 - what one step holds at its peak: the attention scores and probabilities
   of one layer over a whole segment ``3·H·seq_len·K``, its hidden states
   and feed-forward activations ``seq_len·(4·D + d_ff)``, and the next
   memories while Algorithm 1 replaces the old ones;
-- logits: ``P·V`` for the prompt (fed in one go) in the compute dtype,
-  and while a token is drawn, a few float copies of its row ``5·V``;
+- logits: ``P·V`` for the prompt (an upper bound: only its last position
+  reaches the output layer) in the compute dtype, and while a token is
+  drawn, its noise and a few float copies of its row ``5·V``;
 - the tokens themselves, kept three times over (drawn, collected,
   joined with the prompt) as int64: ``3·(P + N)``.
 
@@ -48,31 +50,33 @@ def _size(dtype: torch.dtype) -> int:
 
 
 def decoder_buffer_bytes(cfg: ModelConfig, batch: int, mem_len: int, cmem_len: int, param_dtype: torch.dtype,
-                         compute_dtype: torch.dtype) -> int:
+                         compute_dtype: torch.dtype, kv_dtype: torch.dtype | None = None) -> int:
     """Bytes of every tensor an ``IncrementalDecoder`` of ``batch`` streams
     keeps (its caches, recorded layer inputs, usage, masks, position
-    projections, its step's fixed inputs and the memories it starts from)."""
+    projections, its step's fixed inputs and the memories it starts from).
+    ``kv_dtype``: the cache's dtype (default: ``compute_dtype``)."""
     L, D, T = cfg.n_layers, cfg.d_model, cfg.seq_len
     K = cmem_len + mem_len + T
-    p, c, f32 = _size(param_dtype), _size(compute_dtype), _size(torch.float32)
-    kv = 2 * L * batch * K * D * c  # k, v: L x [B, H, K, d]
-    positions = L * K * D * c  # r: L x [K, H, d]
+    room = K + 1  # one spare slot, so that every key-length bucket is a strict prefix
+    p, kv, f32, i64 = _size(param_dtype), _size(kv_dtype or compute_dtype), _size(torch.float32), 8
+    cache = 2 * L * batch * room * D * kv  # k, v: L x [B, H, K + 1, d]
+    positions = L * K * D * kv + L * room * D * kv  # r: L x [K, H, d]; r_t: L x [H, d, K + 1]
     hidden = L * batch * T * D * p  # [L, B, T, D]
-    usage = L * batch * K * f32  # L x [B, K]
-    key_valid = batch * K  # [B, K] bool
-    step_inputs = batch * 8 + 2 * 8  # token [B, 1] and slot, row [1] (int64)
+    usage = L * batch * room * f32  # L x [B, K + 1]
+    masks = batch * room * kv + batch * room  # additive [B, 1, K + 1] and key_valid [B, K + 1] bool
+    step_inputs = batch * i64 + 2 * i64 + room * i64  # token [B, 1], slot and row [1], key_index [K + 1]
     memory = L * batch * (mem_len + cmem_len) * D * p + batch * (mem_len + cmem_len)  # mem, cmem and masks
-    return kv + positions + hidden + usage + key_valid + step_inputs + memory
+    return cache + positions + hidden + usage + masks + step_inputs + memory
 
 
 def sampling_bytes(cfg: ModelConfig, batch: int, mem_len: int, cmem_len: int, prompt_len: int, new_tokens: int,
-                   param_dtype: torch.dtype, compute_dtype: torch.dtype) -> int:
+                   param_dtype: torch.dtype, compute_dtype: torch.dtype, kv_dtype: torch.dtype | None = None) -> int:
     """Bytes that sampling ``batch`` streams adds to the loaded model (see
     the module docstring for what is counted)."""
     L, D, T, V, H = cfg.n_layers, cfg.d_model, cfg.seq_len, cfg.vocab_size, cfg.n_heads
     K = cmem_len + mem_len + T
     p, c, f32 = _size(param_dtype), _size(compute_dtype), _size(torch.float32)
-    buffers = decoder_buffer_bytes(cfg, batch, mem_len, cmem_len, param_dtype, compute_dtype)
+    buffers = decoder_buffer_bytes(cfg, batch, mem_len, cmem_len, param_dtype, compute_dtype, kv_dtype)
     step = batch * (3 * H * T * K * f32 + T * (4 * D + cfg.d_ff) * c + L * (mem_len + cmem_len) * D * p)
     logits = batch * (prompt_len * V * c + 5 * V * f32)  # the prompt's, then one row's float copies while drawing
     tokens = 3 * batch * (prompt_len + new_tokens) * 8

@@ -20,31 +20,34 @@ from tests.reliability.conftest import assert_one_line_error
 
 def measured_buffers(dec: IncrementalDecoder) -> int:
     """Bytes of every tensor the decoder keeps between steps."""
-    tensors = [*dec.k, *dec.v, *dec.r, *dec.usage, dec.hidden, dec.key_valid, dec._token, dec._slot, dec._row]
+    buf = dec.buf
+    tensors = [*buf.k, *buf.v, *dec.r, *buf.r_t, *buf.usage, buf.hidden, buf.mask, dec.key_valid, buf.token,
+               buf.slot, buf.row, buf.key_index]
     m = dec.memory
     tensors += [t for t in (m.mem, m.mem_mask, m.cmem, m.cmem_mask, m.pending, m.pending_mask) if t is not None]
     assert len({t.data_ptr() for t in tensors if t.numel()}) == len([t for t in tensors if t.numel()])  # no sharing
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
-@pytest.mark.parametrize("compression,loss,mem_len,cmem_len,autocast", [
-    ("conv", "attention", 16, 8, False),        # the recipe's memory lengths
-    ("mean_pool", "none", 40, 24, False),       # longer memories at evaluation
-    ("conv", "bptt", 16, 8, False),             # a pending block compressed when the decoder starts
-    ("most_used", "none", 16, 8, True),         # bf16 caches under autocast, fp32 layer inputs
-    ("conv", "attention", 16, 0, False),        # Transformer-XL reading of a CT
+@pytest.mark.parametrize("compression,loss,mem_len,cmem_len,autocast,kv_dtype", [
+    ("conv", "attention", 16, 8, False, None),        # the recipe's memory lengths
+    ("mean_pool", "none", 40, 24, False, None),       # longer memories at evaluation
+    ("conv", "bptt", 16, 8, False, None),             # a pending block compressed when the decoder starts
+    ("most_used", "none", 16, 8, True, None),         # bf16 caches under autocast, fp32 layer inputs
+    ("conv", "attention", 16, 0, False, None),        # Transformer-XL reading of a CT
+    ("conv", "attention", 16, 8, False, torch.bfloat16),  # ct-sample --kv-dtype bf16
 ])
-def test_the_estimate_counts_exactly_the_decoders_buffers(compression, loss, mem_len, cmem_len, autocast):
+def test_the_estimate_counts_exactly_the_decoders_buffers(compression, loss, mem_len, cmem_len, autocast, kv_dtype):
     cfg = ModelConfig(vocab_size=50, n_layers=3, d_model=24, n_heads=3, d_ff=40, seq_len=12, mem_len=16,
                       cmem_len=8, compression_rate=4, compression=compression, compression_loss=loss)
     model = CompressiveTransformerLM(cfg).eval()
     batch = 5
     memory = model.empty_memory(batch, mem_len, cmem_len)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-        dec = IncrementalDecoder(model, batch, memory)
+        dec = IncrementalDecoder(model, batch, memory, kv_dtype=kv_dtype)
     compute = torch.bfloat16 if autocast else torch.float32
-    assert dec.k[0].dtype == compute
-    expected = decoder_buffer_bytes(cfg, batch, mem_len, cmem_len, torch.float32, compute)
+    assert dec.buf.k[0].dtype == (kv_dtype or compute)
+    expected = decoder_buffer_bytes(cfg, batch, mem_len, cmem_len, torch.float32, compute, kv_dtype)
     assert expected == measured_buffers(dec)
     # The whole estimate covers the buffers and grows linearly with the streams.
     total = sampling_bytes(cfg, batch, mem_len, cmem_len, 7, 100, torch.float32, compute)
