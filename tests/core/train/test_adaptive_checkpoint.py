@@ -7,8 +7,9 @@ from safetensors.torch import load_file
 
 from ct_core.cli.common import compose_recipe
 from ct_core.cli.export import main as export_main
-from ct_core.cli.run_setup import build_run, load_model
+from ct_core.cli.run_setup import build_run
 from ct_core.train.checkpoint import load_checkpoint
+from ct_core.train.model_loading import build_model, load_model
 from ct_core.train.trainer import Trainer
 
 OVERRIDES = ["experiment=smoke/synthetic", "+model.adaptive_cutoffs=[8,16,24]", "+model.adaptive_div=2",
@@ -27,7 +28,7 @@ def test_checkpoint_resume_and_export_of_an_adaptive_model(tmp_path, capsys):
     assert payload["model"].keys() == state.keys()
     assert "head.tables.projections.3" in state and "embed.tables.projections.3" in state
 
-    model = load_model(path, payload, cfg, frontend)
+    model = build_model(path, payload, cfg)
     assert model.head.tables.weights[1] is model.embed.tables.weights[1]
     x = torch.randint(0, 32, (2, cfg.model.seq_len))
     y = torch.randint(0, 32, (2, cfg.model.seq_len))
@@ -44,6 +45,7 @@ def test_checkpoint_resume_and_export_of_an_adaptive_model(tmp_path, capsys):
     assert "wrote" in capsys.readouterr().out
     tensors = load_file(str(out))
     assert tensors.keys() == state.keys() and all(torch.equal(tensors[k], state[k]) for k in state)
-    fresh = load_model(out, {"model": tensors}, cfg, frontend)
+    fresh = load_model(out)  # the export alone: its metadata holds the recipe
+    assert fresh.head.tables.weights[1] is fresh.embed.tables.weights[1]
     with torch.no_grad():
         assert torch.equal(fresh(x, targets=y).nll, want)

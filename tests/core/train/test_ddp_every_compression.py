@@ -1,8 +1,10 @@
-"""Every compression choice trains under DDP (two gloo processes, without
-find_unused_parameters): each optimizer step reduces every gradient, both
-ranks hold the same weights, the weights a loss trains move and frozen
-compressors do not, and choices without an auxiliary loss train the weights
-one process trains on the same global batch."""
+"""Every compression choice, and the adaptive softmax, trains under DDP
+(two gloo processes, without find_unused_parameters): each optimizer step
+reduces every gradient, both ranks hold the same weights, the weights a loss
+trains move and frozen compressors do not, and choices without an auxiliary
+loss train the weights one process trains on the same global batch. The
+adaptive model's last cluster is one word that many micro-batches lack:
+clusters no target of a rank hits still run, with zero rows."""
 
 import pytest
 import torch
@@ -18,12 +20,23 @@ CHOICES = sorted(p.stem for p in (recipes_dir() / "compression").glob("*.yaml"))
 #: Choices whose whole loss is the LM loss: DDP must equal one process exactly.
 # (An auxiliary loss is a mean per micro-batch, which depends on how lanes are grouped.)
 NO_AUX = {"conv_bptt", "max_pool", "mean_pool", "most_used", "none"}
+#: A run of its own beside the compression choices: mean pooling with an adaptive softmax.
+ADAPTIVE = "adaptive_softmax"
+NO_AUX.add(ADAPTIVE)
+CHOICES.append(ADAPTIVE)
 STEPS = 3
 WORLD = 2
 
 
+def choice_overrides(choice: str) -> list[str]:
+    if choice == ADAPTIVE:
+        return ["compression=mean_pool", "+model.adaptive_cutoffs=[8,16,31]", "+model.adaptive_div=2",
+                "model.tie_embeddings=true"]
+    return [f"compression={choice}"]
+
+
 def make_trainer(run_dir, choice, ctx=None):
-    raw = compose_recipe(["experiment=smoke/synthetic", f"compression={choice}", f"trainer.steps={STEPS}",
+    raw = compose_recipe(["experiment=smoke/synthetic", *choice_overrides(choice), f"trainer.steps={STEPS}",
                           "trainer.batch_size=4", "trainer.grad_accum=2", "trainer.threads=1",
                           "trainer.eval_every=100", "trainer.save_every=100", "trainer.sample_tokens=0",
                           "trainer.eval_sample_tokens=0"], "test")
