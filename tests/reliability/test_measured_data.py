@@ -128,7 +128,8 @@ def test_ct_eval_refuses_changed_data_in_one_line_and_writes_nothing(checkpoint)
 def test_ct_eval_refuses_another_front_end_or_rate_on_an_audio_checkpoint(tmp_path):
     ckpt = untrained_checkpoint(tmp_path / "ck" / "last.pt", AUDIO)
     proc = run_cli("ct-eval", str(ckpt), "data.frontend=text", check=False)
-    assert_one_line_error(proc, "ct-eval: error: data.frontend changed audio → text:", "data.root, data.cache_dir")
+    assert_one_line_error(proc, "ct-eval: error: data.frontend=text: this model was trained on data.frontend=audio "
+                          "and reads only that kind of data; evaluate a text checkpoint instead")
     proc = run_cli("ct-eval", str(ckpt), "data.sample_rate=16000", check=False)
     assert_one_line_error(proc, "ct-eval: error: data.sample_rate changed 8000 → 16000:")
 
