@@ -41,6 +41,8 @@ KV_DTYPES = {"auto": None, "bf16": "bfloat16"}
 
 
 def common_parser(add_help: bool) -> argparse.ArgumentParser:
+    from ct_core.model.sampling import COMPILE_MIN_TOKENS
+
     parser = OneLineParser(
         prog=PROG,
         add_help=add_help,
@@ -66,7 +68,8 @@ def common_parser(add_help: bool) -> argparse.ArgumentParser:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     parser.add_argument("--compile", choices=COMPILE_CHOICES, default="auto",
                         help="compile the CPU decoding step with inductor (tens of seconds, then faster tokens); "
-                        "auto: for requests of at least 8192 tokens per stream. CUDA replays graphs instead")
+                        f"auto: for requests of at least {COMPILE_MIN_TOKENS} tokens per stream. "
+                        "CUDA replays graphs instead")
     parser.add_argument("--kv-dtype", choices=tuple(KV_DTYPES), default="auto",
                         help="key/value cache dtype while sampling; auto: the model's compute dtype. bf16 halves "
                         "the cache and changes the numbers slightly (opt-in)")
