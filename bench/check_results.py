@@ -12,13 +12,13 @@ Example::
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from bench.report import markdown_table
+from ct_core.train.metric_logger import json_safe
 
 #: What a row ended as: passed, a check failed, it raised, or it did not run.
 STATUSES = ("ok", "FAILED", "error", "skipped")
@@ -34,17 +34,6 @@ class RowResult:
     values: dict[str, Any] = field(default_factory=dict)  # the numbers, for reading by programs
     error: str | None = None  # the exception, one line, when status is "error"
     traceback: str | None = None
-
-
-def json_value(value: Any) -> Any:
-    """``value`` with non-finite floats as None (JSON has no NaN)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: json_value(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_value(v) for v in value]
-    return value
 
 
 class CheckResults:
@@ -66,7 +55,7 @@ class CheckResults:
         """Record ``result`` on disk at once (the JSON line synced, then the report)."""
         self.rows.append(result)
         with open(self.jsonl, "a", encoding="utf-8") as f:
-            f.write(json.dumps(json_value(asdict(result))) + "\n")
+            f.write(json.dumps(json_safe(asdict(result))) + "\n")
             f.flush()
             os.fsync(f.fileno())
         self.write_markdown()

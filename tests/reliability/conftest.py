@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from ct_core.train.run_lock import LOCK_FILE
 from tests.conftest import run_cli
 
 #: The audio demo's front end (8 kHz μ-law) with a tiny model.
@@ -136,3 +137,8 @@ def rows(run_dir):
         record.pop("tokens_per_s", None)
         out.append(record)
     return out
+
+
+def run_files(run_dir: Path) -> dict[Path, bytes]:
+    """Every file of a run directory but the lock (which records the last pid that took it)."""
+    return {p.relative_to(run_dir): p.read_bytes() for p in run_dir.rglob("*") if p.is_file() and p.name != LOCK_FILE}

@@ -18,9 +18,8 @@ from ct_core.cli.evaluate import check_same_data
 from ct_core.cli.run_setup import check_compatible
 from ct_core.data.frontend import build_frontend, changed_data_options
 from ct_core.errors import CheckpointError, ConfigError
-from ct_core.train.run_lock import LOCK_FILE
 from tests.conftest import run_cli
-from tests.reliability.conftest import AUDIO, SMOKE, assert_one_line_error, untrained_checkpoint
+from tests.reliability.conftest import AUDIO, SMOKE, assert_one_line_error, untrained_checkpoint, run_files
 from tests.text.conftest import english
 
 TEXT = ["experiment=smoke/synthetic", "data=text_file"]
@@ -101,20 +100,17 @@ def test_a_default_written_out_equals_one_left_out():
     assert changed_data_options({"frontend": "audio"}, {"frontend": "text"}) == [("frontend", "audio", "text")]
 
 
-def files(run_dir):
-    return {p.relative_to(run_dir): p.read_bytes() for p in run_dir.rglob("*") if p.is_file() and p.name != LOCK_FILE}
-
 
 def test_resume_auto_with_changed_data_is_refused_and_changes_nothing(smoke_run, tmp_path):
     run_dir = tmp_path / "run"
     shutil.copytree(smoke_run, run_dir)
-    before = files(run_dir)
+    before = run_files(run_dir)
     proc = run_cli("ct-train", *SMOKE, "data.seed=5", f"hydra.run.dir={run_dir}", "resume=auto", cwd=tmp_path,
                    check=False)
     last = run_dir / "checkpoints" / "last.pt"
     assert_one_line_error(proc, f"ct-train: error: {last}: data.seed changed 0 → 5 since the checkpoint was "
                                 "written; resume with data.seed=0 or start a new run")
-    assert files(run_dir) == before
+    assert run_files(run_dir) == before
 
 
 def test_ct_eval_refuses_changed_data_in_one_line_and_writes_nothing(checkpoint):

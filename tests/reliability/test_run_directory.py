@@ -11,23 +11,18 @@ import signal
 import subprocess
 import time
 
-from ct_core.train.run_lock import LOCK_FILE
 from tests.conftest import run_cli, script
-from tests.reliability.conftest import SMOKE, assert_one_line_error, read_only, rows, run_unprivileged
+from tests.reliability.conftest import SMOKE, assert_one_line_error, read_only, rows, run_unprivileged, run_files
 
-
-def files(run_dir):
-    """Every file of a run directory but the lock (which records the last pid that took it)."""
-    return {p.relative_to(run_dir): p.read_bytes() for p in run_dir.rglob("*") if p.is_file() and p.name != LOCK_FILE}
 
 
 def test_training_again_without_resume_is_refused_and_changes_nothing(smoke_run, tmp_path):
     run_dir = tmp_path / "run"
     shutil.copytree(smoke_run, run_dir)
-    before = files(run_dir)
+    before = run_files(run_dir)
     proc = run_cli("ct-train", *SMOKE, f"hydra.run.dir={run_dir}", cwd=tmp_path, check=False)
     assert_one_line_error(proc, str(run_dir), "resume=auto", "hydra.run.dir", "trainer.overwrite=true")
-    assert files(run_dir) == before  # last.pt, metrics.jsonl and .hydra/ untouched
+    assert run_files(run_dir) == before  # last.pt, metrics.jsonl and .hydra/ untouched
 
 
 def test_overwrite_replaces_the_earlier_run(smoke_run, tmp_path):

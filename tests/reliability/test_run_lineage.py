@@ -11,14 +11,9 @@ import shutil
 import torch
 
 from ct_core.train.run_lineage import RUN_FILE, RUN_ID_KEY
-from ct_core.train.run_lock import LOCK_FILE
 from tests.conftest import run_cli
-from tests.reliability.conftest import SMOKE, assert_one_line_error, rows
+from tests.reliability.conftest import SMOKE, assert_one_line_error, rows, run_files
 
-
-def files(run_dir):
-    """Every file of a run directory but the lock (which records the last pid that took it)."""
-    return {p.relative_to(run_dir): p.read_bytes() for p in run_dir.rglob("*") if p.is_file() and p.name != LOCK_FILE}
 
 
 def run_id(run_dir):
@@ -43,12 +38,12 @@ def test_another_runs_checkpoint_is_not_resumed_into_a_run_and_nothing_changes(s
     run_dir = tmp_path / "run"
     shutil.copytree(smoke_run, run_dir)
     foreign = other_run(tmp_path) / "checkpoints" / "last.pt"
-    before = files(run_dir)
+    before = run_files(run_dir)
     proc = run_cli("ct-train", *SMOKE, f"hydra.run.dir={run_dir}", f"resume={foreign}", cwd=tmp_path, check=False)
     assert_one_line_error(proc, f"resume={foreign} is a checkpoint of another run", f"{run_dir} already holds a run",
                           "trainer.overwrite=true", "hydra.run.dir=")
     # last.pt, the step files, metrics.jsonl, .hydra/ and run.json byte for byte as they were.
-    assert files(run_dir) == before
+    assert run_files(run_dir) == before
 
 
 def test_overwrite_replaces_the_run_with_the_resumed_lineage(smoke_run, tmp_path):
@@ -104,11 +99,11 @@ def test_checkpoints_without_a_run_id_resume_where_they_lie_and_nowhere_else(smo
     strip_run_ids(old)
     run_dir = tmp_path / "run"
     shutil.copytree(smoke_run, run_dir)
-    before = files(run_dir)
+    before = run_files(run_dir)
     foreign = old / "checkpoints" / "step_00000006.pt"
     proc = run_cli("ct-train", *SMOKE, f"hydra.run.dir={run_dir}", f"resume={foreign}", cwd=tmp_path, check=False)
     assert_one_line_error(proc, f"resume={foreign} is a checkpoint of another run")
-    assert files(run_dir) == before
+    assert run_files(run_dir) == before
     # In its own directory the old checkpoint resumes; the run adopts a new id from then on.
     whole = rows(old)
     run_cli("ct-train", *SMOKE, f"hydra.run.dir={old}", f"resume={foreign}", cwd=tmp_path)

@@ -40,7 +40,7 @@ def decode(model, prompt, options, backend=None, generator=None, notify=None):
     return torch.stack(seq, dim=1), torch.stack(logits, dim=1), dec
 
 
-def check_against_references(model, backend="inductor"):
+def assert_equals_eager_and_training_forward(model, backend="inductor"):
     prompt = torch.randint(0, 30, (2, PROMPT), generator=torch.Generator().manual_seed(1))
     want_seq, want_logits, eager = decode(model, prompt, GREEDY)
     seq, logits, dec = decode(model, prompt, GREEDY, backend)
@@ -56,11 +56,11 @@ def check_against_references(model, backend="inductor"):
 
 @pytest.mark.parametrize("compression,loss", CASES)
 def test_compiled_greedy_decoding_equals_eager_and_training_forward(compression, loss):
-    check_against_references(make(compression, loss))
+    assert_equals_eager_and_training_forward(make(compression, loss))
 
 
 def test_compiled_adaptive_softmax_decoding_equals_eager_and_training_forward():
-    check_against_references(make_adaptive("conv", "attention"))
+    assert_equals_eager_and_training_forward(make_adaptive("conv", "attention"))
 
 
 def test_seeded_sampling_draws_what_sample_next_draws_on_the_training_logits():
