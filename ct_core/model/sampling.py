@@ -13,7 +13,9 @@ Prompts (several tokens) take a variable-shape path; only their last
 position reaches the output layer. Single tokens take the fixed-shape step
 of :mod:`ct_core.model.decode_step`, which also draws the next token:
 compiled on CPU when asked (``compile_backend``; :func:`generate` decides by
-the request's size), replayed from CUDA graphs on CUDA, else eager.
+the request's size), replayed from CUDA graphs on CUDA, else eager. A
+compiled decoder draws several tokens per call (:meth:`IncrementalDecoder.draw`)
+with the noise, and so the tokens, of drawing them one at a time.
 
 Precision: the decoder takes its compute dtype when it is built (autocast's
 if autocast is on then, else the parameters') and runs every later step
@@ -36,16 +38,17 @@ import torch
 from torch import Tensor
 
 from ct_core.model.attention import attention_mask
-from ct_core.model.decode_step import FixedStep, StepBuffers, bucket_for, key_buckets, stderr_notice
+from ct_core.model.decode_step import CHUNK, FixedStep, StepBuffers, bucket_for, key_buckets, stderr_notice
 from ct_core.model.draw import SamplingOptions, sample_next
 from ct_core.model.memory import MemoryState
 from ct_core.model.lm import CompressiveTransformerLM
 
 #: ``generate`` compiles the CPU step when asked for at least this many new
-#: tokens per stream. The audio demo's model on 2 Xeon cores: compiling took
-#: 29 s and the step went from 635 to 923 tokens/s at batch 1, which repays
-#: the compilation after about 59,000 tokens (7 s of 8 kHz audio); shorter
-#: requests, the demo's 3-second samples among them, finish sooner eagerly.
+#: tokens per stream. The audio demo's model on 2 Xeon cores, top-k 50, an
+#: empty compiler cache: compiling took 50 s and decoding went from 823 to
+#: 2,571 tokens/s at batch 1, which repays the compilation after about
+#: 60,000 tokens (7.5 s of 8 kHz audio); shorter requests, the demo's
+#: 3-second samples among them, finish sooner eagerly.
 COMPILE_MIN_TOKENS = 65536
 
 
@@ -176,10 +179,11 @@ class IncrementalDecoder:
         self.pos += n
         return logits
 
-    def _fixed_step(self, tokens: Tensor, options: SamplingOptions | None,
-                    generator: torch.Generator | None = None) -> tuple[Tensor, Tensor | None]:
-        """One token ``[B, 1]`` through the fixed-shape step: its logits
-        ``[B, V]`` and, with ``options``, the next token drawn ``[B]``."""
+    def _fixed_step(self, tokens: Tensor, options: SamplingOptions | None, generator: torch.Generator | None = None,
+                    compiled: bool = True) -> tuple[Tensor, Tensor | None]:
+        """One token ``[B, 1]`` through the fixed-shape step (``compiled``:
+        as it was built, else eagerly): its logits ``[B, V]`` and, with
+        ``options``, the next token drawn ``[B]``."""
         buf = self.buf
         buf.token.copy_(tokens)
         buf.slot.fill_(self.kept + self.pos)
@@ -190,7 +194,7 @@ class IncrementalDecoder:
             # The draws sample_next would take from the generator.
             buf.noise.exponential_(1.0, generator=generator)
         self.last_bucket = bucket_for(self.kept + self.pos + 1, self.buckets)
-        out = self.step_runner.run(self.last_bucket, options)
+        out = self.step_runner.run(self.last_bucket, options, compiled)
         self.pos += 1
         return out
 
@@ -243,6 +247,45 @@ class IncrementalDecoder:
             self._roll()
         return (logits, nxt) if return_logits else nxt
 
+    @torch.inference_mode()
+    def draw(self, tokens: Tensor, options: SamplingOptions, generator: torch.Generator | None = None,
+             limit: int = CHUNK) -> Tensor:
+        """Consume one token per row ``[B]`` and draw the next ``n`` tokens
+        ``[B, n]``, ``1 <= n <= limit``, each fed to the model before the
+        next is drawn except the last. The tokens and their noise are those
+        of ``n`` calls of :meth:`step`.
+
+        A compiled step draws :data:`CHUNK` tokens per call where the
+        segment and ``limit`` leave room for them, and otherwise one token
+        eagerly (at most ``CHUNK - 1`` per segment: no second compilation)."""
+        runner = self.step_runner
+        if not (self.fixed_shape and runner.chunks):
+            return self.step(tokens, options, generator)[:, None]
+        if limit < CHUNK or self.seq_len - self.pos < CHUNK:
+            return self._eager_step(tokens, options, generator)[:, None]
+        buf = self.buf
+        buf.token.copy_(tokens[:, None])
+        buf.slot.fill_(self.kept + self.pos)
+        buf.row.fill_(self.pos)
+        if not options.greedy:
+            if buf.chunk_noise is None:
+                buf.chunk_noise = torch.empty(CHUNK, *tokens.shape, self.model.cfg.vocab_size, device=self.device)
+            # The same numbers as CHUNK draws of [B, V] one after another.
+            buf.chunk_noise.exponential_(1.0, generator=generator)
+        self.last_bucket = bucket_for(self.kept + self.pos + CHUNK, self.buckets)
+        out = runner.run_chunk(self.last_bucket, options)
+        self.pos += CHUNK
+        if self.pos == self.seq_len:
+            self._roll()
+        return out
+
+    def _eager_step(self, tokens: Tensor, options: SamplingOptions, generator: torch.Generator | None) -> Tensor:
+        """:meth:`step` through the uncompiled step."""
+        nxt = self._fixed_step(tokens[:, None], options, generator, compiled=False)[1]
+        if self.pos == self.seq_len:
+            self._roll()
+        return nxt
+
 
 def worth_compiling(device: torch.device, max_new_tokens: int) -> bool:
     """Whether :func:`generate` compiles the step by default: on CPU, for
@@ -290,25 +333,27 @@ def generate(
         dec = IncrementalDecoder(model, prompt.shape[0], memory, compile_backend="inductor" if compile else None,
                                  kv_dtype=kv_dtype, notify=notify)
         logits = dec.feed(prompt, last_only=True)[:, -1]  # [B, V]
-        if max_new_tokens > 0:
-            nxt = sample_next(logits, **options.kwargs(), generator=generator)  # [B]
-        new = []
+        if max_new_tokens == 0:
+            return prompt.clone()
+        drawn = sample_next(logits, **options.kwargs(), generator=generator)[:, None]  # [B, 1]
+        new, count = [], 0
         bar = _progress_bar(max_new_tokens) if progress else None
-        for i in range(max_new_tokens):
-            new.append(nxt)
+        while True:
+            new.append(drawn)
+            count += drawn.shape[1]
             if callback is not None:
-                callback(nxt)
+                for column in drawn.unbind(1):
+                    callback(column)
             if bar is not None:
-                bar.update(1)
-            if i + 1 < max_new_tokens:
-                nxt = dec.step(nxt, options, generator)
+                bar.update(drawn.shape[1])
+            if count == max_new_tokens:
+                break
+            drawn = dec.draw(drawn[:, -1], options, generator, limit=max_new_tokens - count)  # [B, n]
         if bar is not None:
             bar.close()
     finally:
         model.train(was_training)
-    if not new:
-        return prompt.clone()
-    return torch.cat([prompt, torch.stack(new, dim=1).to(prompt.dtype)], dim=1)
+    return torch.cat([prompt, *(d.to(prompt.dtype) for d in new)], dim=1)
 
 
 def _progress_bar(total: int):

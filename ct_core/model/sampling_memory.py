@@ -17,7 +17,8 @@ seq_len`` keys, vocabulary ``V``, ``P`` prompt and ``N`` new tokens:
   memories while Algorithm 1 replaces the old ones;
 - logits: ``P·V`` for the prompt (an upper bound: only its last position
   reaches the output layer) in the compute dtype, and while a token is
-  drawn, its noise and a few float copies of its row ``5·V``;
+  drawn, its noise and a few float copies of its row ``5·V``, plus the
+  noise of a compiled chunk's tokens ``CHUNK·V``;
 - the tokens themselves, kept three times over (drawn, collected,
   joined with the prompt) as int64: ``3·(P + N)``.
 
@@ -40,6 +41,7 @@ import torch
 
 from ct_core.errors import ConfigError
 from ct_core.model.config import ModelConfig
+from ct_core.model.decode_step import CHUNK
 
 MEMINFO = Path("/proc/meminfo")
 GIB = 2**30
@@ -78,7 +80,8 @@ def sampling_bytes(cfg: ModelConfig, batch: int, mem_len: int, cmem_len: int, pr
     p, c, f32 = _size(param_dtype), _size(compute_dtype), _size(torch.float32)
     buffers = decoder_buffer_bytes(cfg, batch, mem_len, cmem_len, param_dtype, compute_dtype, kv_dtype)
     step = batch * (3 * H * T * K * f32 + T * (4 * D + cfg.d_ff) * c + L * (mem_len + cmem_len) * D * p)
-    logits = batch * (prompt_len * V * c + 5 * V * f32)  # the prompt's, then one row's float copies while drawing
+    # The prompt's, then one row's float copies and a chunk's noise while drawing.
+    logits = batch * (prompt_len * V * c + (5 + CHUNK) * V * f32)
     tokens = 3 * batch * (prompt_len + new_tokens) * 8
     return buffers + step + logits + tokens
 

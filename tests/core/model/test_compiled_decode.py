@@ -3,7 +3,8 @@ step's tokens and the training forward's logits across segment boundaries
 for every compression choice and both output layers; seeded sampling draws
 exactly what ``sample_next`` draws on the training forward's logits with
 the same generator; a compilation that fails is announced in one line and
-the step runs eagerly with the same tokens; key-length buckets follow the
+the step runs eagerly with the same tokens; compiled chunks of several
+tokens per call draw the step-by-step tokens; key-length buckets follow the
 memories as they fill; a prompt sends only its last position to the output
 layer; a bf16 key/value cache is opt-in and close.
 
@@ -14,7 +15,7 @@ and shapes, not by the decoder or the weights), and the shapes are few."""
 import pytest
 import torch
 
-from ct_core.model.decode_step import key_buckets
+from ct_core.model.decode_step import CHUNK, key_buckets
 from ct_core.model.draw import SamplingOptions, sample_next
 from ct_core.model.sampling import COMPILE_MIN_TOKENS, IncrementalDecoder, generate, worth_compiling
 
@@ -149,6 +150,29 @@ def test_a_bf16_key_value_cache_is_opt_in_and_close():
     assert 0 < (a - b).abs().max() < 5e-2
 
 
+def test_compiled_chunks_draw_the_step_by_step_tokens():
+    """Where the segment leaves room, a compiled decoder draws CHUNK tokens
+    per call (feeding each drawn token inside the call), elsewhere one
+    eagerly; the seeded tokens are those of the eager step, one at a time."""
+    model = make("conv", "attention")
+    options = SamplingOptions(temperature=1.3, top_k=20)
+    prompt = torch.randint(0, 30, (2, PROMPT - 1), generator=torch.Generator().manual_seed(4))
+    want = decode(model, prompt, options, None, torch.Generator().manual_seed(7))[0]
+    g = torch.Generator().manual_seed(7)
+    dec = IncrementalDecoder(model, 2, compile_backend="inductor")
+    first = dec.feed(prompt, last_only=True)[:, -1]
+    drawn, widths = [sample_next(first, **options.kwargs(), generator=g)[:, None]], []
+    while sum(widths) < STEPS:
+        drawn.append(dec.draw(drawn[-1][:, -1], options, g, limit=STEPS - sum(widths)))
+        widths.append(drawn[-1].shape[1])
+    # seq_len 8: the prompt leaves 5 slots in its segment (a chunk, then one
+    # token), every later segment holds two chunks; the last call is cut
+    # by the limit.
+    assert widths == [CHUNK, 1, CHUNK, CHUNK, CHUNK, CHUNK, CHUNK, 1, 1, 1]
+    assert dec.step_runner.mode == "compiled" and dec.step_runner.fallback is None
+    assert torch.equal(torch.cat([prompt, *drawn], dim=1), want)
+
+
 def test_generate_compiles_on_cpu_only_for_long_requests():
     cpu = torch.device("cpu")
     assert not worth_compiling(cpu, COMPILE_MIN_TOKENS - 1) and worth_compiling(cpu, COMPILE_MIN_TOKENS)
@@ -156,5 +180,7 @@ def test_generate_compiles_on_cpu_only_for_long_requests():
     model = make("conv", "attention")
     prompt = torch.randint(0, 30, (2, 3), generator=torch.Generator().manual_seed(2))
     notices = []
-    seq = generate(model, prompt, 12, top_k=1, compile=True, notify=notices.append)
+    columns = []
+    seq = generate(model, prompt, 12, top_k=1, compile=True, notify=notices.append, callback=columns.append)
     assert notices == [] and torch.equal(seq, generate(model, prompt, 12, top_k=1, compile=False))
+    assert torch.equal(torch.stack(columns, dim=1), seq[:, 3:])  # one call per token, chunks or not
