@@ -2,7 +2,7 @@
 segment, the memory-bandwidth bound, and audio samples/s with the real-time
 factor.
 
-- Text (shape M, vocabulary 256, batch 1): 512 new tokens after a 256-token
+- Text (shape S, vocabulary 256, batch 1): 512 new tokens after a 256-token
   prompt with our cached :func:`ct_core.model.sampling.generate`, with each peer's
   own ``generate``, and with a full-recompute reference of ours (every new
   token recomputes the whole history segment by segment with the training
@@ -52,7 +52,7 @@ FLAT_GROWTH = 0.25
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--shape", default="M", help="text shape (S, M or a recipe name)")
+    p.add_argument("--shape", default="S", help="text shape (S, M or a recipe name)")
     p.add_argument("--prompt", type=int, default=256)
     p.add_argument("--tokens", type=int, default=512, help="new text tokens per generate call")
     p.add_argument("--rounds", type=int, default=2, help="interleaved generate calls per contender")
