@@ -40,7 +40,7 @@ from bench.shapes import get_shape
 from bench.timing import (QUIET_SHARE, cpu_seconds, interleaved_windows, median, others_share, set_wait_budget, sync,
                           timed, wait_for_quiet)
 from bench.peers import TOP_K, build_available
-from ct_core.model.decode_step import CHUNK
+from ct_core.model.decode_step import MAX_CHUNK
 
 TEXT_CONTENDERS = ["ours", "ctp", "xtransformers"]  # ctp-trainable samples exactly like ctp
 #: "Flat": the fitted per-token cost changes by at most this much across a
@@ -164,7 +164,7 @@ def text_section(args: argparse.Namespace, device: torch.device) -> tuple[list[s
         return run
 
     for c in contenders:  # warm-up: first calls allocate and pick kernels (ours: compiles a chunk's step)
-        c.generate(prompt[:, :8], 2 * CHUNK)
+        c.generate(prompt[:, :8], 2 * MAX_CHUNK)
     windows = interleaved_windows({c.name: task(c) for c in contenders}, args.rounds, 1, device, args.max_wait)
     for c in contenders:  # a decoder with no quiet call gets one more (gated) try
         if not any(w.quiet for w in windows[c.name]):
@@ -301,7 +301,7 @@ def audio_section(args: argparse.Namespace, device: torch.device) -> tuple[list[
             print(f"[sampling] audio {name} batch {batch}")
             start = torch.full((batch, 1), 128, dtype=torch.long, device=device)  # μ-law code of silence
             decoding = {"compile": args.compile_step, "kv_dtype": args.kv}
-            generate(model, start, 2 * CHUNK, **decoding)  # warm-up: compiles a chunk's step when asked
+            generate(model, start, 2 * MAX_CHUNK, **decoding)  # warm-up: compiles a chunk's step when asked
             calls = interleaved_windows({"generate": lambda: generate(model, start, n_new, **decoding)},
                                         args.rounds if name == "demo" else 1, 1, device, args.max_wait)["generate"]
             seconds = median([w.seconds for w in calls if w.quiet] or [w.seconds for w in calls])

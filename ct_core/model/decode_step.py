@@ -26,8 +26,8 @@ softmax scale is folded into ``q + u`` and ``q + v``.
 
 Compiled on CPU, most of a small model's step is the cost of the call
 itself (the compiler's entry checks, the wrapper's arguments), so
-:meth:`FixedStep.run_chunk` runs :data:`CHUNK` steps in one compiled call,
-each feeding the token the previous one drew.
+:meth:`FixedStep.run_chunk` runs up to :data:`MAX_CHUNK` steps in one compiled
+call (:func:`chunk_tokens`), each feeding the token the previous one drew.
 
 When compilation is unavailable or fails the step runs eagerly and says so
 once, in one line, through ``notify``.
@@ -53,12 +53,22 @@ if TYPE_CHECKING:
 
 #: ``torch.compiler.set_stance`` can skip the guards that cannot fail (torch >= 2.7).
 _HAS_LEAN_GUARDS = "skip_guard_eval_unsafe" in inspect.signature(torch.compiler.set_stance).parameters
-#: Tokens per compiled call of :meth:`FixedStep.run_chunk`. Each call
-#: costs about 0.2 ms besides its kernels (the compiler's entry checks, the
-#: wrapper's arguments); on the audio demo model at batch 1 (2 Xeon cores)
-#: 4 tokens per call take 0.39 ms per token against 0.55 ms one at a time,
-#: 8 take 0.33 ms but double the compilation (34 s -> 74 s).
-CHUNK = 4
+#: At most this many tokens per compiled call of :meth:`FixedStep.run_chunk`.
+#: Each call costs about 0.2 ms besides its kernels (the compiler's entry
+#: checks, the wrapper's arguments); on the audio demo model at batch 1 (2
+#: Xeon cores) 4 tokens per call take 0.39 ms per token against 0.55 ms one
+#: at a time, 8 take 0.33 ms but double the compilation (34 s -> 74 s).
+MAX_CHUNK = 4
+#: At most this many layer steps (tokens x layers) in one compiled call:
+#: compilation time grows with them, and gcc's time on the C++ wrapper (one
+#: function for the whole call) faster still. Large models, whose steps
+#: dwarf the call's cost anyway, get one token per call and no C++ wrapper.
+LAYER_STEPS_PER_CALL = 16
+
+
+def chunk_tokens(n_layers: int) -> int:
+    """Tokens per compiled call for a model of ``n_layers`` layers."""
+    return max(1, min(MAX_CHUNK, LAYER_STEPS_PER_CALL // n_layers))
 #: At most this many key-length buckets per decoder (CUDA captures one graph per bucket).
 MAX_BUCKETS = 8
 #: Bucket sizes are multiples of this many keys.
@@ -100,7 +110,7 @@ class StepBuffers:
     row: Tensor  # [1] int64 its position in the segment
     key_index: Tensor  # [K_max + 1] int64 0 .. K_max
     noise: Tensor | None = None  # [B, V] float32 Exp(1) draws for the next token
-    chunk_noise: Tensor | None = None  # [CHUNK, B, V] float32 draws for a chunk's tokens
+    chunk_noise: Tensor | None = None  # [chunk, B, V] float32 draws for a chunk's tokens
 
 
 def one_query_attention(attn: RelativeMultiHeadAttention, q: Tensor, k: Tensor, v: Tensor, mask: Tensor,
@@ -145,6 +155,7 @@ class FixedStep:
         self.want_usage = model.needs_usage
         self.notify = notify
         self.cuda = buffers.k[0].device.type == "cuda"
+        self.chunk = chunk_tokens(len(model.blocks))  # tokens per compiled call of run_chunk
         self.fallback: str | None = None  # why the step runs eagerly although compilation was asked for
         self._compiled: Callable | None = None
         self._views: dict[int, Tensor] = {}
@@ -153,8 +164,9 @@ class FixedStep:
         self._graphs: dict[tuple[int, SamplingOptions | None], tuple[torch.cuda.CUDAGraph, Tensor, Tensor | None]] = {}
         if backend is not None and not self.cuda:
             # Inductor's C++ wrapper calls the step's kernels without a
-            # Python line per kernel (about 10% of a small model's step).
-            options = {"cpp_wrapper": True} if backend == "inductor" else None
+            # Python line per kernel (15-20% of the demo model's decoding).
+            small = self.chunk * len(model.blocks) <= LAYER_STEPS_PER_CALL
+            options = {"cpp_wrapper": True} if backend == "inductor" and small else None
             try:
                 self._compiled = torch.compile(self.body, backend=backend, fullgraph=True, options=options)
                 self._compiled_chunk = torch.compile(self.chunk_body, backend=backend, fullgraph=True,
@@ -211,14 +223,14 @@ class FixedStep:
         return logits, token
 
     def chunk_body(self, keys: Tensor, options: SamplingOptions) -> Tensor:
-        """:data:`CHUNK` steps, each feeding the token the previous one drew
+        """``self.chunk`` steps, each feeding the token the previous one drew
         (the first feeds ``buf.token``); step ``i`` draws with
         ``buf.chunk_noise[i]``. Every key a step sees lies within the first
         ``len(keys)`` (the mask hides the later ones). Returns the drawn
-        tokens ``[B, CHUNK]``; ``token``, ``slot`` and ``row`` are left at the
+        tokens ``[B, chunk]``; ``token``, ``slot`` and ``row`` are left at the
         last token drawn, not yet fed."""
         buf, tokens = self.buf, []
-        for i in range(CHUNK):
+        for i in range(self.chunk):
             _, token = self.body(keys, options, None if options.greedy else buf.chunk_noise[i])
             tokens.append(token)
             buf.token.copy_(token[:, None])
@@ -247,7 +259,7 @@ class FixedStep:
 
     def run_chunk(self, n_keys: int, options: SamplingOptions) -> Tensor:
         """:meth:`chunk_body` over the bucket of ``n_keys`` keys, compiled
-        when the step is; the drawn tokens ``[B, CHUNK]``."""
+        when the step is; the drawn tokens ``[B, chunk]``."""
         keys = self._keys(n_keys)
         if self._compiled_chunk is not None:
             out = self._call_compiled(self._compiled_chunk, ("chunk", n_keys, options), keys, options)
@@ -330,4 +342,4 @@ def _dynamo_limits():
     return config.patch(**present) if present else contextlib.nullcontext()
 
 
-__all__ = ["CHUNK", "FixedStep", "StepBuffers", "bucket_for", "key_buckets", "one_query_attention", "stderr_notice"]
+__all__ = ["MAX_CHUNK", "FixedStep", "StepBuffers", "bucket_for", "chunk_tokens", "key_buckets", "one_query_attention", "stderr_notice"]

@@ -38,7 +38,7 @@ import torch
 from torch import Tensor
 
 from ct_core.model.attention import attention_mask
-from ct_core.model.decode_step import CHUNK, FixedStep, StepBuffers, bucket_for, key_buckets, stderr_notice
+from ct_core.model.decode_step import MAX_CHUNK, FixedStep, StepBuffers, bucket_for, key_buckets, stderr_notice
 from ct_core.model.draw import SamplingOptions, sample_next
 from ct_core.model.memory import MemoryState
 from ct_core.model.lm import CompressiveTransformerLM
@@ -249,19 +249,21 @@ class IncrementalDecoder:
 
     @torch.inference_mode()
     def draw(self, tokens: Tensor, options: SamplingOptions, generator: torch.Generator | None = None,
-             limit: int = CHUNK) -> Tensor:
+             limit: int = MAX_CHUNK) -> Tensor:
         """Consume one token per row ``[B]`` and draw the next ``n`` tokens
         ``[B, n]``, ``1 <= n <= limit``, each fed to the model before the
         next is drawn except the last. The tokens and their noise are those
         of ``n`` calls of :meth:`step`.
 
-        A compiled step draws :data:`CHUNK` tokens per call where the
-        segment and ``limit`` leave room for them, and otherwise one token
-        eagerly (at most ``CHUNK - 1`` per segment: no second compilation)."""
+        A compiled step draws ``chunk`` tokens per call
+        (:func:`~ct_core.model.decode_step.chunk_tokens`) where the segment
+        and ``limit`` leave room for them, and otherwise one token eagerly
+        (fewer than ``chunk`` per segment: no second compilation)."""
         runner = self.step_runner
         if not (self.fixed_shape and runner.chunks):
             return self.step(tokens, options, generator)[:, None]
-        if limit < CHUNK or self.seq_len - self.pos < CHUNK:
+        n = runner.chunk
+        if limit < n or self.seq_len - self.pos < n:
             return self._eager_step(tokens, options, generator)[:, None]
         buf = self.buf
         buf.token.copy_(tokens[:, None])
@@ -269,12 +271,12 @@ class IncrementalDecoder:
         buf.row.fill_(self.pos)
         if not options.greedy:
             if buf.chunk_noise is None:
-                buf.chunk_noise = torch.empty(CHUNK, *tokens.shape, self.model.cfg.vocab_size, device=self.device)
-            # The same numbers as CHUNK draws of [B, V] one after another.
+                buf.chunk_noise = torch.empty(n, *tokens.shape, self.model.cfg.vocab_size, device=self.device)
+            # The same numbers as n draws of [B, V] one after another.
             buf.chunk_noise.exponential_(1.0, generator=generator)
-        self.last_bucket = bucket_for(self.kept + self.pos + CHUNK, self.buckets)
+        self.last_bucket = bucket_for(self.kept + self.pos + n, self.buckets)
         out = runner.run_chunk(self.last_bucket, options)
-        self.pos += CHUNK
+        self.pos += n
         if self.pos == self.seq_len:
             self._roll()
         return out

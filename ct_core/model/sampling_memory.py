@@ -18,7 +18,7 @@ seq_len`` keys, vocabulary ``V``, ``P`` prompt and ``N`` new tokens:
 - logits: ``P·V`` for the prompt (an upper bound: only its last position
   reaches the output layer) in the compute dtype, and while a token is
   drawn, its noise and a few float copies of its row ``5·V``, plus the
-  noise of a compiled chunk's tokens ``CHUNK·V``;
+  noise of a compiled chunk's tokens (at most ``4·V``);
 - the tokens themselves, kept three times over (drawn, collected,
   joined with the prompt) as int64: ``3·(P + N)``.
 
@@ -41,7 +41,7 @@ import torch
 
 from ct_core.errors import ConfigError
 from ct_core.model.config import ModelConfig
-from ct_core.model.decode_step import CHUNK
+from ct_core.model.decode_step import chunk_tokens
 
 MEMINFO = Path("/proc/meminfo")
 GIB = 2**30
@@ -81,7 +81,7 @@ def sampling_bytes(cfg: ModelConfig, batch: int, mem_len: int, cmem_len: int, pr
     buffers = decoder_buffer_bytes(cfg, batch, mem_len, cmem_len, param_dtype, compute_dtype, kv_dtype)
     step = batch * (3 * H * T * K * f32 + T * (4 * D + cfg.d_ff) * c + L * (mem_len + cmem_len) * D * p)
     # The prompt's, then one row's float copies and a chunk's noise while drawing.
-    logits = batch * (prompt_len * V * c + (5 + CHUNK) * V * f32)
+    logits = batch * (prompt_len * V * c + (5 + chunk_tokens(L)) * V * f32)
     tokens = 3 * batch * (prompt_len + new_tokens) * 8
     return buffers + step + logits + tokens
 

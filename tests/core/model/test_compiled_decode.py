@@ -15,7 +15,7 @@ and shapes, not by the decoder or the weights), and the shapes are few."""
 import pytest
 import torch
 
-from ct_core.model.decode_step import CHUNK, key_buckets
+from ct_core.model.decode_step import chunk_tokens, key_buckets
 from ct_core.model.draw import SamplingOptions, sample_next
 from ct_core.model.sampling import COMPILE_MIN_TOKENS, IncrementalDecoder, generate, worth_compiling
 
@@ -151,10 +151,13 @@ def test_a_bf16_key_value_cache_is_opt_in_and_close():
 
 
 def test_compiled_chunks_draw_the_step_by_step_tokens():
-    """Where the segment leaves room, a compiled decoder draws CHUNK tokens
-    per call (feeding each drawn token inside the call), elsewhere one
-    eagerly; the seeded tokens are those of the eager step, one at a time."""
+    """Where the segment leaves room, a compiled decoder draws a chunk of
+    tokens per call (feeding each drawn token inside the call), elsewhere
+    one eagerly; the seeded tokens are those of the eager step, one at a
+    time. Chunks hold at most 16 layer steps."""
+    assert [chunk_tokens(n) for n in (1, 2, 4, 5, 8, 16, 20)] == [4, 4, 4, 3, 2, 1, 1]
     model = make("conv", "attention")
+    chunk = 4
     options = SamplingOptions(temperature=1.3, top_k=20)
     prompt = torch.randint(0, 30, (2, PROMPT - 1), generator=torch.Generator().manual_seed(4))
     want = decode(model, prompt, options, None, torch.Generator().manual_seed(7))[0]
@@ -168,7 +171,8 @@ def test_compiled_chunks_draw_the_step_by_step_tokens():
     # seq_len 8: the prompt leaves 5 slots in its segment (a chunk, then one
     # token), every later segment holds two chunks; the last call is cut
     # by the limit.
-    assert widths == [CHUNK, 1, CHUNK, CHUNK, CHUNK, CHUNK, CHUNK, 1, 1, 1]
+    assert dec.step_runner.chunk == chunk
+    assert widths == [chunk, 1, chunk, chunk, chunk, chunk, chunk, 1, 1, 1]
     assert dec.step_runner.mode == "compiled" and dec.step_runner.fallback is None
     assert torch.equal(torch.cat([prompt, *drawn], dim=1), want)
 
