@@ -99,10 +99,11 @@ def train_flops(shape: Shape, batch_size: int | None = None) -> FlopCount:
         parts["compressor"] = n_layers * (fwd + (bwd_weight + bwd_input if trained else 0))
         if shape.compression_loss == "attention":
             # Target: the segment's queries over the T evicted keys/values (the
-            # forward's, no projection) and W_o, without gradients.
-            target = sdpa_flop_count((b, 1, t, d), (b, 1, t, d), (b, 1, t, d)) + 2 * rows * d * d
-            # Reconstruction: keys/values of f_c(old), attention, W_o (weights
-            # detached: their backward passes a gradient to their input only).
+            # forward's, no projection), without gradients.
+            target = sdpa_flop_count((b, 1, t, d), (b, 1, t, d), (b, 1, t, d))
+            # Reconstruction: keys/values of f_c(old), attention, and W_o once,
+            # on the difference from the target (weights detached: their
+            # backward passes a gradient to their input only).
             kv = 2 * b * groups * d * 2 * d
             recon = 2 * kv + 2 * (2 * rows * d * d)
             recon += sdpa_flop_count((b, 1, t, d), (b, 1, groups, d), (b, 1, groups, d))

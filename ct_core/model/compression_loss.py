@@ -44,18 +44,17 @@ class ForwardAttention:
     value: Tensor  # [B, H, T, d] their values
 
 
-def content_attention(attn: RelativeMultiHeadAttention, q: Tensor, k: Tensor, v: Tensor, kv_valid: Tensor) -> Tensor:
+def content_attention(q: Tensor, k: Tensor, v: Tensor, kv_valid: Tensor) -> Tensor:
     """Position-free attention of queries ``q`` ``[B, H, T, d]`` over keys
-    and values ``[B, H, S, d]`` -> ``[B, T, D]``, through a detached copy of
-    the output projection. kv_valid: ``[B, S]`` bool; rows with no valid slot
-    produce zeros."""
+    and values ``[B, H, S, d]`` -> heads concatenated ``[B, T, H·d]``,
+    before the output projection. kv_valid: ``[B, S]`` bool; rows with no
+    valid slot produce zeros."""
     row_has_keys = kv_valid.any(dim=-1)  # [B]
     # A row with no valid key would softmax over nothing; let it see all
     # keys and zero its output afterwards instead of producing NaNs.
     mask = (kv_valid | ~row_has_keys[:, None])[:, None, None, :]  # [B, 1, 1, S]
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     out = out.transpose(1, 2).reshape(q.shape[0], q.shape[2], -1)
-    out = F.linear(out, attn.w_o.weight.detach())
     return out * row_has_keys[:, None, None].to(out.dtype)
 
 
@@ -91,11 +90,14 @@ def attention_reconstruction_loss(
     q = seen.query.detach()  # shared by both attentions
     evicted_valid = old_mask[:, old_mask.shape[1] - seen.key.shape[2] :]  # [B, T]: the padding is never valid
     with torch.no_grad():  # the target depends on nothing trainable
-        target = content_attention(attn, q, seen.key, seen.value, evicted_valid)
+        target = content_attention(q, seen.key, seen.value, evicted_valid)
     k, v = frozen_kv(attn, norm, compressed)
-    recon = content_attention(attn, q, k, v, compressed_mask)
+    recon = content_attention(q, k, v, compressed_mask)
+    # The output projection is linear: W_o·target − W_o·recon = W_o·(target −
+    # recon), one projection (detached, as the stop-gradient asks) instead of two.
+    error = F.linear(target - recon, attn.w_o.weight.detach())  # [B, T, D]
     row_weight = old_mask.any(dim=1).float()  # rows with nothing evicted teach nothing
-    return _masked_row_mean((target.float() - recon.float()) ** 2, row_weight)
+    return _masked_row_mean(error.float() ** 2, row_weight)
 
 
 class AutoencodingDecoder(nn.Module):

@@ -125,7 +125,10 @@ def test_twenty_training_steps_give_the_previous_losses(tmp_path, norm):
     for step in range(20):
         a, b = new.train_step(), old.train_step()
         assert abs(a["loss"].item() - b["loss"].item()) <= 1e-5, step
-        # The compression loss is small (~1e-5) at this initialisation: compare it relatively.
+        # The compression loss is small (1e-5 down to 1e-8) at this
+        # initialisation: compare it relatively. The reference subtracts two
+        # projected attention outputs of size ~1 whose difference is ~1e-4,
+        # so its own rounding is ~1e-5 of the loss late in the run.
         aux, aux_ref = a["aux"].item(), b["aux"].item()
-        assert abs(aux - aux_ref) <= 1e-5 * aux_ref and (aux_ref > 0 or step == 0), step
+        assert abs(aux - aux_ref) <= 1e-4 * aux_ref and (aux_ref > 0 or step == 0), step
     assert new.step == old.step == 20
