@@ -18,9 +18,9 @@ demo's::
     python -m bench.kv_cache_cost outputs/audio/demo/<time>/checkpoints/last.pt
 
 The decoder, not ``ct-eval``'s batched forward, scores the tokens, so the
-compute-dtype row is the reference the bf16 row is compared with (it
-equals ``ct-eval``'s number up to rounding when the memory lengths are the
-training ones).
+compute-dtype row is the reference the bf16 row is compared with (close
+to ``ct-eval``'s number when the memory lengths are the training ones; the
+segments are aligned differently).
 """
 
 from __future__ import annotations
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> None:
         for batch in args.batches:
             print(f"[kv cache] {name}: generate at batch {batch}")
             rates.append(generate_rate(model, batch, args.speed_tokens, kv, args.compile == "on", args.rounds))
-        rows.append([name, f"{bits:.4f}", f"{bits - reference:+.4f}", *(fmt(r) for r in rates)])
+        rows.append([name, f"{bits:.5f}", f"{bits - reference:+.5f}", *(fmt(r) for r in rates)])
     cfg = model.cfg
     body = [f"## {frontend} checkpoint `{args.checkpoint}`", "",
             f"{cfg.n_layers} layers, d_model {cfg.d_model}, seq/mem/cmem {cfg.seq_len}/{cfg.mem_len}/{cfg.cmem_len}; "
@@ -132,8 +132,8 @@ def main(argv: list[str] | None = None) -> None:
             f"stream, top-k 50, step compiled: {args.compile}, median of {args.rounds} calls.", "",
             *markdown_table(["key/value cache", f"{args.split} {unit}", "change", *(f"tokens/s, batch {b}"
                                                                              for b in args.batches)], rows), "",
-            "bf16 matmuls are slow on CPUs without bf16 units (this one among them); the cache is meant for "
-            "GPUs, where it halves the bytes each decoding step reads."]
+            "The bf16 cache halves the bytes each decoding step reads from the cache; on a CPU without bf16 "
+            "units the conversions cost about what the smaller reads save."]
     print("\n".join(body))
     if not args.no_write:
         path = write_results("kv_cache_cost", device, args.threads, "Cost of the bf16 key/value cache", header, body)
