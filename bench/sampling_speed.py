@@ -22,7 +22,7 @@ on``, the default here; compiled during the warm-up, never timed), or as
 ``ct-sample`` would decide (``auto``) or eagerly (``off``); ``--kv-dtype
 bf16`` measures the opt-in bf16 key/value cache.
 
-    python -m bench.sampling_speed            # ~13 min on 2 CPU cores
+    python -m bench.sampling_speed            # ~6 min on 2 CPU cores (shape S)
     python -m bench.sampling_speed --quick    # shorter: 1 round, fewer tokens
 """
 
