@@ -109,8 +109,7 @@ class StepBuffers:
     slot: Tensor  # [1] int64 its key index
     row: Tensor  # [1] int64 its position in the segment
     key_index: Tensor  # [K_max + 1] int64 0 .. K_max
-    noise: Tensor | None = None  # [B, V] float32 Exp(1) draws for the next token
-    chunk_noise: Tensor | None = None  # [chunk, B, V] float32 draws for a chunk's tokens
+    noise: Tensor | None = None  # [chunk, B, V] float32 Exp(1) draws, row i for the i-th token of a call
 
 
 def one_query_attention(attn: RelativeMultiHeadAttention, q: Tensor, k: Tensor, v: Tensor, mask: Tensor,
@@ -199,13 +198,12 @@ class FixedStep:
         self._compiled = self._compiled_chunk = None
         self.notify(f"compiled decoding unavailable, decoding eagerly ({self.fallback})")
 
-    def body(self, keys: Tensor, options: SamplingOptions | None,
-             noise: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+    def body(self, keys: Tensor, options: SamplingOptions | None, i: int = 0) -> tuple[Tensor, Tensor | None]:
         """The step over the first ``K_b = len(keys)`` cache keys (``keys``:
         a ``[K_b]`` view of ``key_index``). Returns the next-token scores
         ``[B, V]`` (adaptive softmax: log-probabilities) and, with
-        ``options``, the token drawn from them ``[B]`` with ``noise``
-        (default: ``buf.noise``)."""
+        ``options``, the token drawn from them ``[B]`` with the noise
+        ``buf.noise[i]``."""
         buf, model = self.buf, self.model
         n_keys = keys.shape[0]
         with self.autocast(cache_enabled=not self.cuda):
@@ -231,19 +229,20 @@ class FixedStep:
             # makes the compiler copy the whole [B, seq_len, D] layer.
             buf.hidden.index_copy_(2, buf.row, torch.stack(inputs))
             logits = model.token_logits(model.norm_out(h)[:, 0])  # [B, V]
-        token = None if options is None else draw(logits, buf.noise if noise is None else noise, options)
-        return logits, token
+        if options is None:
+            return logits, None
+        return logits, draw(logits, None if options.greedy else buf.noise[i], options)
 
     def chunk_body(self, keys: Tensor, options: SamplingOptions) -> Tensor:
         """``self.chunk`` steps, each feeding the token the previous one drew
         (the first feeds ``buf.token``); step ``i`` draws with
-        ``buf.chunk_noise[i]``. Every key a step sees lies within the first
+        ``buf.noise[i]``. Every key a step sees lies within the first
         ``len(keys)`` (the mask hides the later ones). Returns the drawn
         tokens ``[B, chunk]``; ``token``, ``slot`` and ``row`` are left at the
         last token drawn, not yet fed."""
         buf, tokens = self.buf, []
         for i in range(self.chunk):
-            _, token = self.body(keys, options, None if options.greedy else buf.chunk_noise[i])
+            _, token = self.body(keys, options, i)
             tokens.append(token)
             buf.token.copy_(token[:, None])
             buf.slot.add_(1)

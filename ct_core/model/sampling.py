@@ -184,19 +184,28 @@ class IncrementalDecoder:
         """One token ``[B, 1]`` through the fixed-shape step (``compiled``:
         as it was built, else eagerly): its logits ``[B, V]`` and, with
         ``options``, the next token drawn ``[B]``."""
+        self._load(tokens, 1, options, generator)
+        out = self.step_runner.run(self.last_bucket, options, compiled)
+        self.pos += 1
+        return out
+
+    def _load(self, tokens: Tensor, n: int, options: SamplingOptions | None,
+              generator: torch.Generator | None) -> None:
+        """Set the step's inputs for ``n`` tokens from the current position
+        on, the first of them ``tokens`` ``[B, 1]``: token, key index, row,
+        the noise of ``n`` draws and the key-length bucket of the last."""
         buf = self.buf
         buf.token.copy_(tokens)
         buf.slot.fill_(self.kept + self.pos)
         buf.row.fill_(self.pos)
         if options is not None and not options.greedy:
             if buf.noise is None:
-                buf.noise = torch.empty(tokens.shape[0], self.model.cfg.vocab_size, device=self.device)
-            # The draws sample_next would take from the generator.
-            buf.noise.exponential_(1.0, generator=generator)
-        self.last_bucket = bucket_for(self.kept + self.pos + 1, self.buckets)
-        out = self.step_runner.run(self.last_bucket, options, compiled)
-        self.pos += 1
-        return out
+                rows = self.step_runner.chunk if self.step_runner.chunks else 1
+                buf.noise = torch.empty(rows, tokens.shape[0], self.model.cfg.vocab_size, device=self.device)
+            # The draws sample_next would take from the generator, n times
+            # (one block of n rows holds the same numbers as n single rows).
+            buf.noise[:n].exponential_(1.0, generator=generator)
+        self.last_bucket = bucket_for(self.kept + self.pos + n, self.buckets)
 
     @torch.inference_mode()
     def _roll(self) -> None:
@@ -234,12 +243,13 @@ class IncrementalDecoder:
 
     @torch.inference_mode()
     def step(self, tokens: Tensor, options: SamplingOptions, generator: torch.Generator | None = None,
-             return_logits: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+             return_logits: bool = False, compiled: bool = True) -> Tensor | tuple[Tensor, Tensor]:
         """Consume one token per row ``[B]``; return the next one drawn ``[B]``
         (with ``return_logits``: the logits ``[B, V]`` it was drawn from, and
-        it), with the noise :func:`sample_next` would draw from ``generator``."""
+        it), with the noise :func:`sample_next` would draw from ``generator``.
+        ``compiled=False`` runs a compiled step eagerly."""
         if self.fixed_shape:
-            logits, nxt = self._fixed_step(tokens[:, None], options, generator)
+            logits, nxt = self._fixed_step(tokens[:, None], options, generator, compiled)
         else:
             logits = self._step(tokens[:, None])[:, -1]
             nxt = sample_next(logits, **options.kwargs(), generator=generator)
@@ -257,36 +267,18 @@ class IncrementalDecoder:
 
         A compiled step draws ``chunk`` tokens per call
         (:func:`~ct_core.model.decode_step.chunk_tokens`) where the segment
-        and ``limit`` leave room for them, and otherwise one token eagerly
-        (fewer than ``chunk`` per segment: no second compilation)."""
+        and ``limit`` leave room for them; otherwise one token is drawn
+        uncompiled (fewer than ``chunk`` per segment: no second compilation)."""
         runner = self.step_runner
-        if not (self.fixed_shape and runner.chunks):
-            return self.step(tokens, options, generator)[:, None]
         n = runner.chunk
-        if limit < n or self.seq_len - self.pos < n:
-            return self._eager_step(tokens, options, generator)[:, None]
-        buf = self.buf
-        buf.token.copy_(tokens[:, None])
-        buf.slot.fill_(self.kept + self.pos)
-        buf.row.fill_(self.pos)
-        if not options.greedy:
-            if buf.chunk_noise is None:
-                buf.chunk_noise = torch.empty(n, *tokens.shape, self.model.cfg.vocab_size, device=self.device)
-            # The same numbers as n draws of [B, V] one after another.
-            buf.chunk_noise.exponential_(1.0, generator=generator)
-        self.last_bucket = bucket_for(self.kept + self.pos + n, self.buckets)
+        if not (self.fixed_shape and runner.chunks and limit >= n and self.seq_len - self.pos >= n):
+            return self.step(tokens, options, generator, compiled=False)[:, None]
+        self._load(tokens[:, None], n, options, generator)
         out = runner.run_chunk(self.last_bucket, options)
         self.pos += n
         if self.pos == self.seq_len:
             self._roll()
         return out
-
-    def _eager_step(self, tokens: Tensor, options: SamplingOptions, generator: torch.Generator | None) -> Tensor:
-        """:meth:`step` through the uncompiled step."""
-        nxt = self._fixed_step(tokens[:, None], options, generator, compiled=False)[1]
-        if self.pos == self.seq_len:
-            self._roll()
-        return nxt
 
 
 def worth_compiling(device: torch.device, max_new_tokens: int) -> bool:
