@@ -121,14 +121,19 @@ def empty(folder: Path) -> Callable[[], None]:
     return check
 
 
+def file_in_place_of(tmp_path: Path, folder: str) -> Case:
+    """A new run whose ``folder`` (a folder ct-train writes into) is a file."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / folder).write_text("not a folder")
+    return Case("ct-train", [*SMOKE, f"hydra.run.dir={run}"], [f"{run / folder} is a file, not a folder"],
+                unchanged(run / folder, b"not a folder"), [run])
+
+
 # --------------------------------------------------------------------- the cases
 def train_checkpoint(fault, inputs, tmp_path) -> Case:
     if fault == "file":
-        run = tmp_path / "run"
-        run.mkdir()
-        (run / "checkpoints").write_text("not a folder")
-        return Case("ct-train", [*SMOKE, f"hydra.run.dir={run}"], [f"{run / 'checkpoints'} is a file, not a folder"],
-                    unchanged(run / "checkpoints", b"not a folder"), [run])
+        return file_in_place_of(tmp_path, "checkpoints")
     run = copy_run(inputs, tmp_path)
     target = run / "checkpoints" / "step_00000018.pt"
     newest = f"newest complete checkpoint: {run / 'checkpoints' / 'last.pt'}"
@@ -164,11 +169,7 @@ def train_metrics(fault, inputs, tmp_path) -> Case:
 
 def train_tensorboard(fault, inputs, tmp_path) -> Case:
     if fault == "file":
-        run = tmp_path / "run"
-        run.mkdir()
-        (run / "tb").write_text("not a folder")
-        return Case("ct-train", [*SMOKE, f"hydra.run.dir={run}"], [f"{run / 'tb'} is a file, not a folder"],
-                    unchanged(run / "tb", b"not a folder"), [run])
+        return file_in_place_of(tmp_path, "tb")
     run = copy_run(inputs, tmp_path)
     before = {p.name: p.read_bytes() for p in (run / "tb").iterdir()}
     read_only(run / "tb")
